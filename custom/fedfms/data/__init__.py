@@ -1,0 +1,22 @@
+"""Dataset preparation: one preparer per public release (registered in :mod:`fedfms.data.preparation`),
+a shared site writer (:mod:`fedfms.data.writer`) and the synthetic demo generator."""
+
+from fedfms.data.preparation import (
+    Case,
+    DataError,
+    Preparer,
+    RawCase,
+    available_datasets,
+    broken_case,
+    get_preparer,
+    load_nifti,
+    read_error,
+    register,
+)
+from fedfms.data.writer import DEFAULT_SEED, format_summary, prepare_dataset, prepare_site, split_groups
+
+__all__ = [
+    "DEFAULT_SEED", "Case", "DataError", "Preparer", "RawCase", "available_datasets", "broken_case",
+    "format_summary", "get_preparer", "load_nifti", "prepare_dataset", "prepare_site", "read_error",
+    "register", "split_groups",
+]

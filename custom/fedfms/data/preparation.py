@@ -1,0 +1,174 @@
+"""The contract between dataset readers and the site writer: cases, preparers and their registry.
+
+A *preparer* knows one public release. For a site it yields :class:`Case` records; each case loads
+lazily into a :class:`RawCase` (raw image + raw label) and carries the :class:`LabelMap` that turns the
+release's label values into binary channels. Everything else (validation, normalization, slicing, the
+9:1 split by volume, atomic writing, datalist.json) is done once for all datasets by
+:mod:`fedfms.data.writer`.
+
+How to add a dataset
+--------------------
+1. Create ``custom/fedfms/data/<name>.py`` with a subclass of :class:`Preparer` that sets ``name``,
+   ``sites`` (default site names, in order), ``label_channels`` and ``source_release``, and implements
+   ``iter_cases(src, site, **options)``. Yield one :class:`Case` per volume (3D releases) or per image
+   (2D releases); set ``group`` to the patient id when several cases belong to one patient, so the
+   train/validation split never separates them.
+2. Loading: return ``RawCase(image, label, affine=..., slice_axis=...)``:
+   3D volume: image (X, Y, Z) any real dtype, label same shape, ``slice_axis`` = depth axis (e.g. 2);
+   2D image: image (H, W, 3) or (H, W) uint8, label (H, W), ``slice_axis=None``.
+   Use :func:`load_nifti` / :func:`read_error` so unreadable files raise :class:`DataError` naming
+   the file. Do not validate shapes, NaNs or label values yourself: the writer does it for every case.
+3. A problem found while listing files (an image without label, ...) is reported by yielding
+   ``broken_case(case_id, source, problem)``, so ``--skip-bad`` treats it like any other bad case.
+4. Dataset-specific command-line options: override ``add_arguments(parser)``; every option it adds is
+   passed to ``iter_cases`` as a keyword (argparse ``dest``).
+5. Register at import time: ``register(MyPreparer())`` at module level. Every module of the package
+   ``fedfms.data`` is imported by :func:`available_datasets` / :func:`get_preparer`, so nothing else
+   needs editing; ``tools/prepare_data.py`` picks the new dataset up automatically.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedfms.transforms.labels import LabelMap
+
+
+class DataError(ValueError):
+    """A problem with one input file; the message starts with the file it concerns."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source, self.problem = str(source), problem
+
+
+@dataclass
+class RawCase:
+    """One loaded case, before any processing.
+
+    image: 3D volume (X, Y, Z) of any real dtype, or a 2D image (H, W, 3) / (H, W) uint8.
+    label: raw label values, same spatial shape as image.
+    affine: 4x4 voxel-to-world matrix of a volume (None for 2D images).
+    slice_axis: axis of ``image`` to slice 2D samples along (None for 2D images).
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray | None = None
+    slice_axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """A lazily loadable case of a release.
+
+    case_id: volume / image id, unique within a site and safe as a file name.
+    image_source, label_source: where the image / label come from (file path, possibly with an index
+        such as ``images.npy[12]``); used in messages and, relative to the release root, in metadata.
+    load: reads the files and returns a :class:`RawCase` (raises :class:`DataError` if unreadable).
+    label_map: raw label values -> binary channels (also defines the allowed values).
+    group: patient id for the train/validation split (defaults to case_id).
+    empty_slice_stride: for volumes, keep only slices with foreground plus every k-th other slice
+        (None keeps all slices).
+    """
+
+    case_id: str
+    image_source: str
+    label_source: str
+    load: Callable[[], RawCase]
+    label_map: LabelMap
+    group: str | None = None
+    empty_slice_stride: int | None = None
+
+    @property
+    def split_group(self) -> str:
+        return self.group if self.group is not None else self.case_id
+
+
+class Preparer(abc.ABC):
+    """Reader of one public release. Subclasses set the class attributes and implement iter_cases."""
+
+    name: str
+    sites: tuple[str, ...]
+    label_channels: tuple[str, ...]
+    source_release: str
+
+    @abc.abstractmethod
+    def iter_cases(self, src: Path, site: str, **options) -> Iterable[Case]:
+        """Yield the cases of ``site`` found under the release root ``src`` (deterministic order)."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add dataset-specific command-line options (their dest names become iter_cases keywords)."""
+
+    def resolve_sites(self, sites: Iterable[str] | None) -> list[str]:
+        """Site names to prepare: the given ones or the defaults (override to accept aliases)."""
+        if sites is None:
+            return list(self.sites)
+        return [str(s) for s in sites]
+
+
+_REGISTRY: dict[str, Preparer] = {}
+
+
+def register(preparer: Preparer) -> Preparer:
+    """Add a preparer to the registry under ``preparer.name`` (call at module import)."""
+    existing = _REGISTRY.get(preparer.name)
+    if existing is not None and type(existing) is not type(preparer):
+        raise ValueError(f"dataset name {preparer.name!r} is already registered by {type(existing).__name__}")
+    _REGISTRY[preparer.name] = preparer
+    return preparer
+
+
+def _discover() -> None:
+    """Import every module of fedfms.data so that preparer modules register themselves."""
+    package = importlib.import_module("fedfms.data")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"fedfms.data.{module.name}")
+
+
+def available_datasets() -> list[str]:
+    """Names of all registered datasets."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_preparer(name: str) -> Preparer:
+    """The registered preparer for dataset ``name``."""
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def read_error(path: str | Path, exc: BaseException) -> DataError:
+    """DataError for a file that could not be read (corrupted, truncated, wrong format)."""
+    return DataError(path, f"unreadable or corrupted file ({type(exc).__name__}: {exc})")
+
+
+def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file fully -> (data array as stored, 4x4 affine); DataError if unreadable."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for truncated/corrupt files (EOFError, zlib, ...)
+        raise read_error(path, exc) from exc
+
+
+def broken_case(case_id: str, source: str | Path, problem: str, label_map: LabelMap) -> Case:
+    """A case that fails on load with ``problem`` (for issues found while listing files)."""
+
+    def fail() -> RawCase:
+        raise DataError(source, problem)
+
+    return Case(case_id, str(source), str(source), fail, label_map)

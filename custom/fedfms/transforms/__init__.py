@@ -1,0 +1,6 @@
+"""MONAI dictionary transforms used by the preparers and the bundles (only what MONAI lacks is defined here)."""
+
+from fedfms.transforms.labels import LabelMap, LabelToChannelsd
+from fedfms.transforms.volume import SliceVolumed, volume_percentile_normalize
+
+__all__ = ["LabelMap", "LabelToChannelsd", "SliceVolumed", "volume_percentile_normalize"]
