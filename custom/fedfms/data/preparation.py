@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import argparse
 import importlib
+import logging
 import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from fedfms.transforms.labels import LabelMap
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -116,6 +119,7 @@ class Preparer(abc.ABC):
 
 
 _REGISTRY: dict[str, Preparer] = {}
+_IMPORT_ERRORS: dict[str, BaseException] = {}
 
 
 def register(preparer: Preparer) -> Preparer:
@@ -128,10 +132,20 @@ def register(preparer: Preparer) -> Preparer:
 
 
 def _discover() -> None:
-    """Import every module of fedfms.data so that preparer modules register themselves."""
+    """Import every module of fedfms.data so that preparer modules register themselves.
+
+    A module that fails to import is remembered (and logged) rather than fatal, so one broken preparer
+    does not disable the others; asking for it by name re-raises its error.
+    """
     package = importlib.import_module("fedfms.data")
     for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"fedfms.data.{module.name}")
+        if module.name in _IMPORT_ERRORS:
+            continue
+        try:
+            importlib.import_module(f"fedfms.data.{module.name}")
+        except Exception as exc:
+            _IMPORT_ERRORS[module.name] = exc
+            logger.warning("fedfms.data.%s failed to import and is unavailable: %s", module.name, exc)
 
 
 def available_datasets() -> list[str]:
@@ -143,6 +157,8 @@ def available_datasets() -> list[str]:
 def get_preparer(name: str) -> Preparer:
     """The registered preparer for dataset ``name``."""
     _discover()
+    if name not in _REGISTRY and name in _IMPORT_ERRORS:
+        raise ImportError(f"the {name} preparer (fedfms.data.{name}) failed to import") from _IMPORT_ERRORS[name]
     try:
         return _REGISTRY[name]
     except KeyError:

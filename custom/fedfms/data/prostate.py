@@ -1,0 +1,96 @@
+"""Multi-site prostate MRI (the release of Liu et al., used by MS-Net / SAML / FedFMS).
+
+Expected layout under SRC (one folder per site; each case a T2 volume and its segmentation)::
+
+    SRC/BIDMC/Case00.nii.gz   SRC/BIDMC/Case00_segmentation.nii.gz
+    SRC/HK/...  SRC/I2CVB/...  SRC/ISBI/...  SRC/ISBI_1.5/... (or ISBI1.5/)  SRC/UCL/...
+
+Segmentations are named ``CaseNN_segmentation.nii.gz`` or ``CaseNN_Segmentation.nii.gz`` (.nii also
+accepted). Copies of the release that use the original centre names are accepted too: RUNMC for ISBI,
+BMC for ISBI1.5, HCRUDB for I2CVB. Label values are {0, 1, 2} (some sites split the gland into two
+zones); label > 0 is the prostate. Volumes are sliced along their last (depth) axis and every slice is
+kept. Site names in the output are BIDMC, HK, I2CVB, ISBI, ISBI1.5, UCL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedfms.data.preparation import Case, DataError, Preparer, RawCase, broken_case, load_nifti, register
+from fedfms.transforms.labels import LabelMap
+
+SITE_FOLDERS: dict[str, tuple[str, ...]] = {
+    "BIDMC": ("BIDMC",),
+    "HK": ("HK",),
+    "I2CVB": ("I2CVB", "HCRUDB"),
+    "ISBI": ("ISBI", "RUNMC"),
+    "ISBI1.5": ("ISBI1.5", "ISBI_1.5", "BMC"),
+    "UCL": ("UCL",),
+}
+LABEL_MAP = LabelMap({"prostate": None}, allowed=(0, 1, 2), require_foreground=True)
+_IMAGE = re.compile(r"^(Case\d+)\.nii(\.gz)?$")
+_LABEL = re.compile(r"^(Case\d+)_[sS]egmentation\.nii(\.gz)?$")
+SLICE_AXIS = 2
+
+
+def load_volume_pair(image_path: Path, label_path: Path) -> RawCase:
+    """Read an image/segmentation NIfTI pair -> RawCase sliced along the depth axis (axis 2).
+
+    Trailing singleton axes (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
+    """
+    image, affine = load_nifti(image_path)
+    label, _ = load_nifti(label_path)
+    while image.ndim > 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    while label.ndim > 3 and label.shape[-1] == 1:
+        label = label[..., 0]
+    return RawCase(image, label, affine=affine, slice_axis=SLICE_AXIS)
+
+
+def find_site_folder(src: Path, site: str) -> Path:
+    """The folder holding ``site`` under SRC (any accepted spelling); DataError if none or several."""
+    if site not in SITE_FOLDERS:
+        raise DataError(src, f"unknown prostate site {site!r}; expected one of {list(SITE_FOLDERS)}")
+    found = [src / name for name in SITE_FOLDERS[site] if (src / name).is_dir()]
+    if len(found) != 1:
+        problem = "no folder" if not found else f"several folders {[p.name for p in found]}"
+        raise DataError(src, f"{problem} for prostate site {site} (looked for {' or '.join(SITE_FOLDERS[site])})")
+    return found[0]
+
+
+class ProstatePreparer(Preparer):
+    name = "prostate"
+    sites = tuple(SITE_FOLDERS)
+    label_channels = ("prostate",)
+    source_release = "Multi-site prostate MRI (Liu et al., MS-Net/SAML release)"
+
+    def iter_cases(self, src: Path, site: str, **options) -> Iterator[Case]:
+        if options:
+            raise TypeError(f"prostate takes no options, got {sorted(options)}")
+        folder = find_site_folder(src, site)
+        images, labels = {}, {}
+        for path in sorted(folder.iterdir()):
+            if m := _IMAGE.match(path.name):
+                images.setdefault(m.group(1), []).append(path)
+            elif m := _LABEL.match(path.name):
+                labels.setdefault(m.group(1), []).append(path)
+        for case_id in sorted(images.keys() | labels.keys()):
+            found_images, found_labels = images.get(case_id, []), labels.get(case_id, [])
+            if len(found_images) > 1 or len(found_labels) > 1:
+                paths = [p.name for p in found_images + found_labels]
+                yield broken_case(case_id, folder / case_id, f"ambiguous files for one case: {paths}", LABEL_MAP)
+            elif not found_labels:
+                problem = f"image without label (expected {case_id}_segmentation.nii.gz or _Segmentation)"
+                yield broken_case(case_id, found_images[0], problem, LABEL_MAP)
+            elif not found_images:
+                yield broken_case(case_id, found_labels[0], f"label without image (expected {case_id}.nii.gz)", LABEL_MAP)
+            else:
+                image, label = found_images[0], found_labels[0]
+                yield Case(case_id, str(image), str(label), lambda i=image, l=label: load_volume_pair(i, l), LABEL_MAP)
+
+
+register(ProstatePreparer())
+
+__all__ = ["LABEL_MAP", "SITE_FOLDERS", "ProstatePreparer", "find_site_folder", "load_volume_pair"]
