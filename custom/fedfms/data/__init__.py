@@ -10,6 +10,7 @@ from fedfms.data.preparation import (
     broken_case,
     get_preparer,
     load_nifti,
+    load_volume_pair,
     read_error,
     register,
 )
@@ -17,6 +18,6 @@ from fedfms.data.writer import DEFAULT_SEED, format_summary, prepare_dataset, pr
 
 __all__ = [
     "DEFAULT_SEED", "Case", "DataError", "Preparer", "RawCase", "available_datasets", "broken_case",
-    "format_summary", "get_preparer", "load_nifti", "prepare_dataset", "prepare_site", "read_error",
+    "format_summary", "get_preparer", "load_nifti", "load_volume_pair", "prepare_dataset", "prepare_site", "read_error",
     "register", "split_groups",
 ]

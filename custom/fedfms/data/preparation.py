@@ -181,6 +181,20 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise read_error(path, exc) from exc
 
 
+def load_volume_pair(image_path: str | Path, label_path: str | Path, slice_axis: int = 2) -> RawCase:
+    """Read an image/label NIfTI pair -> RawCase to be sliced along ``slice_axis`` (default: depth, 2).
+
+    Trailing singleton axes (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
+    """
+    image, affine = load_nifti(image_path)
+    label, _ = load_nifti(label_path)
+    while image.ndim > 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    while label.ndim > 3 and label.shape[-1] == 1:
+        label = label[..., 0]
+    return RawCase(image, label, affine=affine, slice_axis=slice_axis)
+
+
 def broken_case(case_id: str, source: str | Path, problem: str, label_map: LabelMap) -> Case:
     """A case that fails on load with ``problem`` (for issues found while listing files)."""
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from fedfms.data.preparation import Case, DataError, Preparer, RawCase, broken_case, load_nifti, register
+from fedfms.data.preparation import Case, DataError, Preparer, broken_case, load_volume_pair, register
 from fedfms.transforms.labels import LabelMap
 
 SITE_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -32,21 +32,6 @@ SITE_FOLDERS: dict[str, tuple[str, ...]] = {
 LABEL_MAP = LabelMap({"prostate": None}, allowed=(0, 1, 2), require_foreground=True)
 _IMAGE = re.compile(r"^(Case\d+)\.nii(\.gz)?$")
 _LABEL = re.compile(r"^(Case\d+)_[sS]egmentation\.nii(\.gz)?$")
-SLICE_AXIS = 2
-
-
-def load_volume_pair(image_path: Path, label_path: Path) -> RawCase:
-    """Read an image/segmentation NIfTI pair -> RawCase sliced along the depth axis (axis 2).
-
-    Trailing singleton axes (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
-    """
-    image, affine = load_nifti(image_path)
-    label, _ = load_nifti(label_path)
-    while image.ndim > 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    while label.ndim > 3 and label.shape[-1] == 1:
-        label = label[..., 0]
-    return RawCase(image, label, affine=affine, slice_axis=SLICE_AXIS)
 
 
 def find_site_folder(src: Path, site: str) -> Path:
@@ -93,4 +78,4 @@ class ProstatePreparer(Preparer):
 
 register(ProstatePreparer())
 
-__all__ = ["LABEL_MAP", "SITE_FOLDERS", "ProstatePreparer", "find_site_folder", "load_volume_pair"]
+__all__ = ["LABEL_MAP", "SITE_FOLDERS", "ProstatePreparer", "find_site_folder"]
