@@ -1,0 +1,183 @@
+"""Prompt-free SAM segmenters: FedSAM's ``SAMSegmenter`` and FedMSA's ``MSASegmenter``.
+
+Both are built from segment_anything's own modules under ``Sam``'s attribute names (image_encoder,
+prompt_encoder, mask_decoder), so official checkpoints load key for key. Decoding is prompt-free as in
+FedFMS: the mask decoder sees only its output tokens (IoU token + 4 mask tokens), no dense "no mask"
+embedding is added, and the prompt encoder contributes only its image positional encoding.
+"""
+
+from functools import partial
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from .adapters import AdaptedBlock
+from .checkpoint import load_sam_checkpoint
+from .configs import PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
+
+NUM_MASK_TOKENS = 4  # SAM's single-mask token + 3 multimask tokens
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Bicubically resize a 1 x H x W x D absolute position embedding to 1 x grid[0] x grid[1] x D."""
+    if tuple(pos_embed.shape[1:3]) == tuple(grid):
+        return pos_embed
+    resized = F.interpolate(pos_embed.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1)
+
+
+class PromptFreeSegmenter(nn.Module):
+    """SAM without prompts: B x 3 x S x S images in [0, 1] -> B x num_classes x S/4 x S/4 logits.
+
+    Args:
+        model_type: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" (see ``configs.ENCODER_CONFIGS``).
+        num_classes: 1 for a binary task (mask token 0); C > 1 adds a 1x1 conv over the 4 mask outputs.
+        image_size: input side S, a multiple of 16; the position embedding is interpolated when S != 1024.
+        checkpoint: path to an official SAM checkpoint of the same model_type, or None for random init.
+        activation_checkpointing: recompute encoder blocks in the backward pass to save memory.
+
+    Subclasses decide which parameters train (``is_trainable``); everything else is frozen.
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        num_classes: int = 1,
+        image_size: int = SAM_IMAGE_SIZE,
+        checkpoint: Optional[Union[str, Path]] = None,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        config = encoder_config(model_type)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if image_size <= 0 or image_size % PATCH_SIZE:
+            raise ValueError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
+        self.model_type, self.num_classes, self.image_size = model_type, num_classes, image_size
+        self.activation_checkpointing = activation_checkpointing
+
+        self.image_encoder = ImageEncoderViT(
+            img_size=SAM_IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=4,
+            out_chans=PROMPT_EMBED_DIM,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=config.window_size,
+            global_attn_indexes=config.global_attn_indexes,
+        )
+        grid = SAM_IMAGE_SIZE // PATCH_SIZE
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            num_multimask_outputs=NUM_MASK_TOKENS - 1,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
+            transformer_dim=PROMPT_EMBED_DIM,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
+        self.class_head: Optional[nn.Conv2d] = (
+            nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1) if num_classes > 1 else None
+        )
+        self.adapt_encoder()
+        if checkpoint is not None:
+            load_sam_checkpoint(self, checkpoint, model_type, new_keys=self.new_keys())
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_trainable(name))
+
+    # -- what trains and what is sent -------------------------------------------------------------
+    def adapt_encoder(self) -> None:
+        """Hook for subclasses that modify the encoder after construction (MSA inserts adapters)."""
+
+    def new_keys(self) -> List[str]:
+        """State-dict keys that official SAM checkpoints do not contain."""
+        return [k for k in self.state_dict() if k.startswith("class_head.")]
+
+    def receives_gradient(self, name: str) -> bool:
+        """False for parameters prompt-free decoding never uses in the loss: the prompt encoder (only
+        its positional-encoding buffer is used), the IoU head, and, for a binary task, the
+        hypernetworks of mask tokens 1-3 whose masks are discarded."""
+        if name.startswith(("prompt_encoder.", "mask_decoder.iou_prediction_head.")):
+            return False
+        if self.num_classes == 1 and name.startswith("mask_decoder.output_hypernetworks_mlps."):
+            return name.split(".")[2] == "0"
+        return True
+
+    def is_trainable(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def transmitted_keys(self) -> List[str]:
+        """Names of the tensors a site trains and sends each round (its transmitted state)."""
+        return [name for name, _ in self.named_parameters() if self.is_trainable(name)]
+
+    # -- forward ----------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S -> B x 256 x S/16 x S/16 image embedding (ImageEncoderViT's forward with the
+        absolute position embedding resized to the patch grid, and optional activation checkpointing)."""
+        encoder = self.image_encoder
+        x = encoder.patch_embed(images)
+        x = x + resize_pos_embed(encoder.pos_embed, tuple(x.shape[1:3]))
+        for block in encoder.blocks:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = activation_checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return encoder.neck(x.permute(0, 3, 1, 2))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        expected = (3, self.image_size, self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"input images must be B x {' x '.join(map(str, expected))}, got {tuple(images.shape)}")
+        embeddings = self.encode(images)
+        image_pe = self.prompt_encoder.pe_layer(tuple(embeddings.shape[-2:])).unsqueeze(0)
+        no_prompts = embeddings.new_zeros((1, 0, PROMPT_EMBED_DIM))
+        no_dense = embeddings.new_zeros(())
+        # SAM's decoder repeats one image per prompt set; prompt-free, each image is decoded alone.
+        masks = torch.cat(
+            [
+                self.mask_decoder.predict_masks(embedding[None], image_pe, no_prompts, no_dense)[0]
+                for embedding in embeddings
+            ]
+        )
+        return masks[:, :1] if self.class_head is None else self.class_head(masks)
+
+
+class SAMSegmenter(PromptFreeSegmenter):
+    """FedSAM's model: every SAM weight that prompt-free decoding uses is trained and exchanged."""
+
+    def is_trainable(self, name: str) -> bool:
+        return self.receives_gradient(name)
+
+
+class MSASegmenter(PromptFreeSegmenter):
+    """FedMSA's model: the SAM encoder is frozen; MSA adapters in every ViT block, the mask decoder and
+    the class head are trained and are the only tensors exchanged."""
+
+    def adapt_encoder(self) -> None:
+        blocks = self.image_encoder.blocks
+        for index, block in enumerate(blocks):
+            blocks[index] = AdaptedBlock(block)
+
+    def new_keys(self) -> List[str]:
+        return super().new_keys() + [k for k in self.state_dict() if self._is_adapter(k)]
+
+    @staticmethod
+    def _is_adapter(name: str) -> bool:
+        return ".space_adapter." in name or ".mlp_adapter." in name
+
+    def is_trainable(self, name: str) -> bool:
+        in_scope = self._is_adapter(name) or name.startswith(("mask_decoder.", "class_head."))
+        return in_scope and self.receives_gradient(name)

@@ -1,0 +1,145 @@
+"""Shapes, trainable sets and gradients of the prompt-free SAM / MSA segmenters."""
+
+import pytest
+import torch
+from segment_anything import sam_model_registry
+
+from fedfms.networks import ENCODER_CONFIGS, MSASegmenter, SAMSegmenter, transmitted_keys, transmitted_state
+
+SEGMENTERS = [SAMSegmenter, MSASegmenter]
+
+
+@pytest.mark.parametrize("cls", SEGMENTERS)
+@pytest.mark.parametrize("num_classes", [1, 2])
+@pytest.mark.parametrize("image_size", [64, 128, 256])
+def test_output_shape(cls, num_classes, image_size):
+    model = cls(model_type="vit_tiny", num_classes=num_classes, image_size=image_size).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, image_size, image_size))
+    assert logits.shape == (2, num_classes, image_size // 4, image_size // 4)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("cls", SEGMENTERS)
+def test_vit_b_runs_at_256(cls):
+    model = cls(model_type="vit_b", image_size=256).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 256, 256)).shape == (1, 1, 64, 64)
+
+
+def test_binary_output_is_mask_token_0():
+    model = SAMSegmenter(model_type="vit_tiny", image_size=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        emb = model.encode(x)
+        pe = model.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
+        masks, _ = model.mask_decoder(emb[1:2], pe, emb.new_zeros((1, 0, 256)), 0.0, multimask_output=False)
+        assert torch.allclose(model(x)[1:2], masks, atol=1e-6)
+
+
+def test_bad_input_shape_is_named():
+    model = SAMSegmenter(model_type="vit_tiny", image_size=64)
+    with pytest.raises(ValueError, match=r"B x 3 x 64 x 64, got \(1, 1, 64, 64\)"):
+        model(torch.rand(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model_type": "vit_x"}, "unknown model_type 'vit_x'"),
+    ({"image_size": 100}, "multiple of 16"),
+    ({"num_classes": 0}, "num_classes"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SAMSegmenter(**{"model_type": "vit_tiny", **kwargs})
+
+
+@pytest.mark.parametrize("cls", SEGMENTERS)
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_trainable_tensors_are_exactly_those_with_gradient(cls, num_classes):
+    model = cls(model_type="vit_tiny", num_classes=num_classes, image_size=64)
+    model(torch.rand(2, 3, 64, 64)).logsumexp(dim=(1, 2, 3)).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == with_grad == set(transmitted_keys(model))
+
+
+def test_sam_trains_everything_decoding_uses():
+    model = SAMSegmenter(model_type="vit_tiny", image_size=64)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(
+        n.startswith(("prompt_encoder.", "mask_decoder.iou_prediction_head.", "mask_decoder.output_hypernetworks_mlps."))
+        for n in frozen
+    )
+    assert any(n.startswith("image_encoder.blocks.0.attn.") for n in transmitted_keys(model))
+
+
+def _vit_b_msa_expected_keys():
+    """FedMSA's transmitted set for vit_b, binary, derived independently from segment_anything's Sam."""
+    with torch.device("meta"):
+        sam = sam_model_registry["vit_b"]()
+    adapters = [
+        f"image_encoder.blocks.{i}.{adapter}.{layer}.{kind}"
+        for i in range(12)
+        for adapter in ("space_adapter", "mlp_adapter")
+        for layer in ("fc1", "fc2")
+        for kind in ("weight", "bias")
+    ]
+    decoder = [
+        k for k, _ in sam.named_parameters()
+        if k.startswith("mask_decoder.")
+        and not k.startswith("mask_decoder.iou_prediction_head.")
+        and not k.startswith(tuple(f"mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)))
+    ]
+    return set(adapters + decoder)
+
+
+def test_vit_b_transmitted_sets_are_pinned():
+    with torch.device("meta"):
+        msa = MSASegmenter(model_type="vit_b")
+        sam = SAMSegmenter(model_type="vit_b")
+    msa_keys = transmitted_keys(msa)
+    assert set(msa_keys) == _vit_b_msa_expected_keys()
+    assert len(msa_keys) == len(set(msa_keys)) == 192  # 96 adapter tensors + 96 decoder tensors
+    shapes = {k: tuple(v.shape) for k, v in transmitted_state(msa).items()}
+    assert shapes["image_encoder.blocks.0.space_adapter.fc1.weight"] == (192, 768)
+    assert shapes["image_encoder.blocks.11.mlp_adapter.fc2.weight"] == (768, 192)
+    assert sum(torch.Size(s).numel() for s in shapes.values()) == 10_607_232
+    # FedSAM: the whole of SAM but the prompt encoder, IoU head and unused binary hypernetworks.
+    sam_state = transmitted_state(sam)
+    assert sum(v.numel() for v in sam_state.values()) == 93_735_472 - 6_220 - 132_612 - 3 * 139_808
+    assert all(v.dtype == torch.float32 for v in sam_state.values())
+
+
+def test_two_class_head_is_transmitted():
+    model = MSASegmenter(model_type="vit_tiny", num_classes=2, image_size=64)
+    keys = transmitted_keys(model)
+    assert {"class_head.weight", "class_head.bias"} <= set(keys)
+    assert all(f"mask_decoder.output_hypernetworks_mlps.{i}.layers.0.weight" in keys for i in range(4))
+
+
+@pytest.mark.parametrize("model_type", ["vit_b", "vit_l", "vit_h"])
+def test_encoder_configs_match_segment_anything_builders(model_type):
+    with torch.device("meta"):
+        theirs = {k: v.shape for k, v in sam_model_registry[model_type]().state_dict().items()}
+        ours = {k: v.shape for k, v in SAMSegmenter(model_type=model_type).state_dict().items()}
+    assert ours == theirs
+    assert ENCODER_CONFIGS[model_type].official_checkpoint.startswith(f"sam_{model_type}_")
+
+
+@pytest.mark.parametrize("cls", SEGMENTERS)
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_activation_checkpointing_gives_same_gradients(cls, num_classes):
+    torch.manual_seed(1)
+    plain = cls(model_type="vit_tiny", num_classes=num_classes, image_size=64)
+    ckpt = cls(model_type="vit_tiny", num_classes=num_classes, image_size=64, activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    for model in (plain, ckpt):
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.zeros(2, num_classes, 16, 16)).backward()
+    grads = dict(plain.named_parameters())
+    compared = 0
+    for name, param in ckpt.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(param.grad, grads[name].grad, atol=1e-6, rtol=1e-5), name
+            compared += 1
+    assert compared == len(transmitted_keys(plain))
