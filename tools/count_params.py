@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Print total, trainable and transmitted parameters of FedSAM and FedMSA models, and the fp32 bytes
+a site sends per round, beside the paper's learnable-parameter counts. Builds on the meta device."""
+
+import argparse
+import json
+
+from fedfms.reporting.parameters import PAPER_DIFFERENCE, count_parameters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-types", nargs="+", default=["vit_b", "vit_l"],
+                        choices=["vit_tiny", "vit_b", "vit_l", "vit_h"], help="encoders to count (default: vit_b vit_l)")
+    parser.add_argument("--num-classes", type=int, default=1, help="output channels (1 binary, 2 fundus OD+OC)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+
+    rows = [
+        count_parameters(network, model_type, args.num_classes)
+        for model_type in args.model_types
+        for network in ("sam", "msa")
+    ]
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        return
+    names = {"sam": "FedSAM", "msa": "FedMSA"}
+    print(f"{'model':<16}{'total':>14}{'trainable':>14}{'transmitted':>14}{'MB/round':>11}{'paper learnable':>18}")
+    for row in rows:
+        paper = f"{row.paper_learnable / 1e6:.1f} M" if row.paper_learnable else "-"
+        print(
+            f"{names[row.network] + ' ' + row.model_type:<16}{row.total / 1e6:>12.1f} M{row.trainable / 1e6:>12.1f} M"
+            f"{row.transmitted / 1e6:>12.1f} M{row.transmitted_bytes / 2**20:>11.1f}{paper:>18}"
+        )
+    print("MB/round: fp32 tensors one site uploads per round; it downloads the same set.")
+    print(PAPER_DIFFERENCE)
+
+
+if __name__ == "__main__":
+    main()
