@@ -147,7 +147,7 @@ def _write_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
+def replace_directory(tmp: Path, target: Path) -> None:
     """Replace directory ``target`` by ``tmp``. Two renames: if interrupted between them, the previous
     good output survives complete under a ``.SITE.old-*`` name and ``target`` is simply absent."""
     old = None
@@ -232,7 +232,7 @@ def prepare_site(
         }
         _write_json(tmp / "datalist.json",
                     {"training": training, "validation": validation, "test": entries, "metadata": metadata})
-        _swap_in(tmp, dataset_dir / site)
+        replace_directory(tmp, dataset_dir / site)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
