@@ -1,0 +1,1 @@
+"""Reporting: parameter accounting, metric tables and plots."""
