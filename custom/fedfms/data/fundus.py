@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,9 @@ from fedfms.data.preparation import (
     Preparer,
     RawCase,
     broken_case,
+    load_mask,
+    load_rgb,
+    pair_by_stem,
     read_error,
     register,
 )
@@ -87,15 +90,6 @@ def site_root(src: Path, site: str) -> Path:
     return found[0]
 
 
-def files_by_stem(paths: Iterable[Path]) -> tuple[dict[str, Path], list[tuple[str, list[Path]]]]:
-    """Map file stem -> path, and the (stem, paths) of stems that occur more than once."""
-    groups: dict[str, list[Path]] = {}
-    for p in sorted(paths):
-        groups.setdefault(p.stem, []).append(p)
-    unique = {s: ps[0] for s, ps in groups.items() if len(ps) == 1}
-    return unique, [(s, ps) for s, ps in groups.items() if len(ps) > 1]
-
-
 def _find_dir(root: Path, name: str) -> list[Path]:
     """Folders called ``name`` (case-insensitive) at or below ``root``, sorted."""
     return sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name.lower() == name.lower())
@@ -106,49 +100,6 @@ def _files(folder: Path, *suffixes: str) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def read_rgb(path: Path) -> np.ndarray:
-    """A colour image file (JPEG, PNG with or without alpha, BMP, TIFF readable by PIL) -> (H, W, 3) uint8."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-                raise DataError(path, f"unsupported image mode {im.mode!r}; expected an 8-bit colour image")
-            return np.asarray(im.convert("RGB"))
-    except DataError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for corrupt files
-        raise read_error(path, exc) from exc
-
-
-def read_gray(path: Path) -> np.ndarray:
-    """A single-channel mask image (BMP/PNG, 8-bit grey, bilevel or palette indices) -> (H, W) uint8."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "1":
-                return np.asarray(im, dtype=np.uint8) * 255
-            if im.mode == "P" and not _grey_palette(im):
-                return np.asarray(im, dtype=np.uint8)  # colour palette: the indices are the labels
-            if im.mode in ("L", "P"):
-                return np.asarray(im.convert("L"), dtype=np.uint8)
-            if im.mode in ("RGB", "RGBA"):
-                rgb = np.asarray(im)[..., :3]
-                if (rgb != rgb[..., :1]).any():
-                    raise DataError(path, "mask has colour pixels; expected a grey-level mask")
-                return np.ascontiguousarray(rgb[..., 0])
-            raise DataError(path, f"unsupported mask mode {im.mode!r}; expected an 8-bit grey mask")
-    except DataError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for corrupt files
-        raise read_error(path, exc) from exc
-
-
-def _grey_palette(im: Image.Image) -> bool:
-    """True if every palette entry of a "P" image is a grey (r == g == b)."""
-    rgb = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
-    return bool((rgb == rgb[:, :1]).all())
-
-
 def _read_mat(path: Path) -> np.ndarray:
     """The single 2D numeric array of a MATLAB file (ORIGA annotations) -> (H, W) array."""
     from scipy.io import loadmat
@@ -194,7 +145,7 @@ def _load(
     mask_source: Path,
     max_size: int,
 ) -> RawCase:
-    image = read_rgb(image_path)
+    image = load_rgb(image_path)
     index = read_mask()
     if index.shape != image.shape[:2]:
         raise DataError(mask_source, f"mask shape {index.shape} differs from image {image_path.name} shape {image.shape[:2]}")
@@ -203,26 +154,14 @@ def _load(
 
 
 # ------------------------------------------------------------------------------------------- site layouts
-# A layout lists (stem, image, mask or None, problem or None) and says how to read a mask into the index map.
-Pair = tuple[str, Path, Path | None, str | None]
-Layout = tuple[list[Pair], Callable[[Path], np.ndarray]]
-
-
-def pair_by_stem(images: dict[str, Path], masks: dict[str, Path], duplicates: list[tuple[str, list[Path]]]) -> list[Pair]:
-    """Pair images and annotations by file stem; unpaired or ambiguous files get a problem text."""
-    pairs: list[Pair] = [(s, ps[0], None, f"file stem {s!r} is not unique: {', '.join(map(str, ps))}") for s, ps in duplicates]
-    for stem in sorted(images):
-        problem = None if stem in masks else "image without annotation (no mask with the same file stem)"
-        pairs.append((stem, images[stem], masks.get(stem), problem))
-    orphans = set(masks) - set(images) - {s for s, _ in duplicates}
-    pairs += [(s, masks[s], None, "annotation without an image") for s in sorted(orphans)]
-    return pairs
+# A layout pairs images with masks (see pair_by_stem) and says how to read a mask into the index map.
+Layout = tuple[list[tuple[str, Path, Path | None, str | None]], Callable[[Path], np.ndarray]]
 
 
 def _refuge(root: Path) -> Layout:
-    images, dup = files_by_stem(p for p in root.rglob("*") if p.suffix.lower() == ".jpg")
-    masks, dup_masks = files_by_stem(p for p in root.rglob("*") if p.suffix.lower() == ".bmp")
-    return pair_by_stem(images, masks, dup + dup_masks), lambda p: _decode(read_gray(p), _REFUGE_MASK, p)
+    images = [p for p in root.rglob("*") if p.suffix.lower() == ".jpg"]
+    masks = [p for p in root.rglob("*") if p.suffix.lower() == ".bmp"]
+    return pair_by_stem(images, masks), lambda p: _decode(load_mask(p), _REFUGE_MASK, p)
 
 
 def _indexed(root: Path, site: str) -> Layout:
@@ -230,32 +169,29 @@ def _indexed(root: Path, site: str) -> Layout:
     image_dirs = _find_dir(root, "Images")
     if len(image_dirs) != 1:
         raise DataError(root, f"expected one Images folder in the {site} release, found {len(image_dirs)}")
-    images, dup = files_by_stem(_files(image_dirs[0], ".jpg", ".jpeg", ".png"))
-    candidates = [p for d in _find_dir(root, "Masks") for p in _files(d, ".png")]
-    candidates += [p for p in root.rglob("*") if p.suffix.lower() == ".mat"]
-    masks, dup_masks = files_by_stem(candidates)
+    masks = [p for d in _find_dir(root, "Masks") for p in _files(d, ".png")]
+    masks += [p for p in root.rglob("*") if p.suffix.lower() == ".mat"]
 
     def read(p: Path) -> np.ndarray:
-        return _decode(_read_mat(p) if p.suffix.lower() == ".mat" else read_gray(p), _INDEX_MASK, p)
+        return _decode(_read_mat(p) if p.suffix.lower() == ".mat" else load_mask(p), _INDEX_MASK, p)
 
-    return pair_by_stem(images, masks, dup + dup_masks), read
+    return pair_by_stem(_files(image_dirs[0], ".jpg", ".jpeg", ".png"), masks), read
 
 
 def _drishti(root: Path, threshold: int) -> Layout:
-    images, dup = files_by_stem(p for d in _find_dir(root, "Images") for p in _files(d, ".png"))
-    od_maps, dup_maps = files_by_stem(root.rglob("*_ODsegSoftmap.png"))
-    masks = {s.removesuffix("_ODsegSoftmap"): p for s, p in od_maps.items()}
+    images = [p for d in _find_dir(root, "Images") for p in _files(d, ".png")]
 
     def read(od_path: Path) -> np.ndarray:
         cup_path = od_path.with_name(od_path.name.replace("_ODsegSoftmap", "_cupsegSoftmap"))
         if not cup_path.is_file():
             raise DataError(cup_path, "missing cup soft map next to the disc soft map")
-        disc, cup = read_gray(od_path) >= threshold, read_gray(cup_path) >= threshold
+        disc, cup = load_mask(od_path) >= threshold, load_mask(cup_path) >= threshold
         if disc.shape != cup.shape:
             raise DataError(cup_path, f"soft map shape {cup.shape} differs from {od_path.name} shape {disc.shape}")
         return (disc | cup).astype(np.uint8) + cup  # a cup pixel counts as disc
 
-    return pair_by_stem(images, masks, dup + dup_maps), read
+    pairs = pair_by_stem(images, root.rglob("*_ODsegSoftmap.png"), lambda p: p.stem.removesuffix("_ODsegSoftmap"))
+    return pairs, read
 
 
 class FundusPreparer(Preparer):

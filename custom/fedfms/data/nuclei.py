@@ -33,9 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfms.data.fundus import files_by_stem, pair_by_stem, read_gray, read_rgb
 from fedfms.data.nuclei_polygons import rasterize, read_polygons
-from fedfms.data.preparation import Case, DataError, Preparer, RawCase, broken_case, read_error, register
+from fedfms.data.preparation import (
+    Case,
+    DataError,
+    Preparer,
+    RawCase,
+    broken_case,
+    load_mask,
+    load_rgb,
+    pair_by_stem,
+    read_error,
+    register,
+)
 from fedfms.transforms.labels import LabelMap
 
 PANNUKE_SITES = ("Adrenal_gland", "Esophagus", "Bile-duct", "Uterus")
@@ -137,19 +147,21 @@ def _parse_folds(folds: str) -> dict[str, tuple[int, ...]] | tuple[int, ...] | N
 
 # ------------------------------------------------------------------------------ MoNuSAC, MoNuSeg, TNBC
 def _polygon_case(image_path: Path, xml_path: Path, exclude: Sequence[str] = ()) -> RawCase:
-    image = read_rgb(image_path)
+    image = load_rgb(image_path)
     return RawCase(image, rasterize(read_polygons(xml_path, exclude), *image.shape[:2]))
 
 
+def _mask_case(image_path: Path, mask_path: Path) -> RawCase:
+    return RawCase(load_rgb(image_path), load_mask(mask_path))
+
+
 def _paired(
-    images: dict[str, Path],
-    labels: dict[str, Path],
-    duplicates: list[tuple[str, list[Path]]],
+    pairs: list[tuple[str, Path, Path | None, str | None]],
     load: Callable[[Path, Path], RawCase],
     label_map: LabelMap,
     group: Callable[[Path], str],
 ) -> Iterator[Case]:
-    for stem, image_path, label_path, problem in pair_by_stem(images, labels, duplicates):
+    for stem, image_path, label_path, problem in pairs:
         if label_path is None:
             yield broken_case(stem, image_path, problem, label_map)
         else:
@@ -158,40 +170,37 @@ def _paired(
 
 
 def _suffixed(root: Path, *suffixes: str) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _monusac(root: Path) -> Iterator[Case]:
-    images, dup = files_by_stem(_suffixed(root, ".tif", ".tiff"))
-    labels, dup_labels = files_by_stem(_suffixed(root, ".xml"))
-    slides = files_by_stem(_suffixed(root, ".svs"))[0]
-    for stem in sorted(set(slides) - set(images)):  # the reader uses the .tif the release ships next to each .svs
-        yield broken_case(stem, slides[stem], f"no {stem}.tif next to it (the release ships both; the .tif is read)", _BINARY)
-        labels.pop(stem, None)
-    load = partial(_polygon_case, exclude=("Ambiguous",))
-    yield from _paired(images, labels, dup + dup_labels, load, _BINARY, group=lambda p: p.parent.name)
+    images, labels = _suffixed(root, ".tif", ".tiff"), _suffixed(root, ".xml")
+    tif_stems = {p.stem for p in images}
+    for svs in _suffixed(root, ".svs"):  # the reader uses the .tif the release ships next to each .svs
+        if svs.stem not in tif_stems:
+            yield broken_case(svs.stem, svs, f"no {svs.stem}.tif next to it (the release ships both; the .tif is read)", _BINARY)
+            labels = [p for p in labels if p.stem != svs.stem]
+    pairs = pair_by_stem(images, labels)
+    yield from _paired(pairs, partial(_polygon_case, exclude=("Ambiguous",)), _BINARY, group=lambda p: p.parent.name)
 
 
 def _monuseg(root: Path) -> Iterator[Case]:
-    images, dup = files_by_stem(_suffixed(root, ".tif", ".tiff"))
-    labels, dup_labels = files_by_stem(_suffixed(root, ".xml"))
-    yield from _paired(images, labels, dup + dup_labels, _polygon_case, _BINARY,
-                       group=lambda p: "-".join(p.stem.split("-")[:3]))
-
-
-def _tnbc_mask(image_path: Path, mask_path: Path) -> RawCase:
-    return RawCase(read_rgb(image_path), read_gray(mask_path))
+    pairs = pair_by_stem(_suffixed(root, ".tif", ".tiff"), _suffixed(root, ".xml"))
+    yield from _paired(pairs, _polygon_case, _BINARY, group=lambda p: "-".join(p.stem.split("-")[:3]))
 
 
 def _tnbc(root: Path) -> Iterator[Case]:
-    slides = {m.group(1): d for d in root.rglob("Slide_*") if d.is_dir() and (m := re.fullmatch(r"Slide_(\d+)", d.name))}
-    gts = {m.group(1): d for d in root.rglob("GT_*") if d.is_dir() and (m := re.fullmatch(r"GT_(\d+)", d.name))}
+    """Slide_XX/*.png paired with GT_XX/*.png; a slide is one patient."""
+    def numbered(prefix: str) -> dict[str, Path]:
+        return {m.group(1): d for d in root.rglob(f"{prefix}_*") if d.is_dir() and (m := re.fullmatch(rf"{prefix}_(\d+)", d.name))}
+
+    slides, gts = numbered("Slide"), numbered("GT")
     if not slides:
         raise DataError(root, "no TNBC Slide_XX folder found")
     for number in sorted(set(slides) | set(gts)):
-        images, dup = files_by_stem(_suffixed(slides[number], ".png")) if number in slides else ({}, [])
-        masks, dup_masks = files_by_stem(_suffixed(gts[number], ".png")) if number in gts else ({}, [])
-        yield from _paired(images, masks, dup + dup_masks, _tnbc_mask, _TNBC, group=lambda p: p.parent.name)
+        images = _suffixed(slides[number], ".png") if number in slides else []
+        masks = _suffixed(gts[number], ".png") if number in gts else []
+        yield from _paired(pair_by_stem(images, masks), _mask_case, _TNBC, group=lambda p: p.parent.name)
 
 
 class NucleiPreparer(Preparer):

@@ -195,6 +195,84 @@ def load_volume_pair(image_path: str | Path, label_path: str | Path, slice_axis:
     return RawCase(image, label, affine=affine, slice_axis=slice_axis)
 
 
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read a colour image (JPEG, PNG with or without alpha, BMP, TIFF; via PIL) -> (H, W, 3) uint8."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+                raise DataError(path, f"unsupported image mode {im.mode!r}; expected an 8-bit colour image")
+            return np.asarray(im.convert("RGB"))
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for corrupt files
+        raise read_error(path, exc) from exc
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a 2D label image -> (H, W) uint8 raw values.
+
+    8-bit grey and grey-palette images give their grey values, bilevel images 0/255, colour-palette
+    images their palette indices (label PNGs); an RGB file must be grey (r == g == b).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "1":
+                return np.asarray(im, dtype=np.uint8) * 255
+            if im.mode == "P":
+                palette = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+                if not (palette == palette[:, :1]).all():
+                    return np.asarray(im, dtype=np.uint8)
+            if im.mode in ("L", "P"):
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+            if im.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(im)[..., :3]
+                if (rgb != rgb[..., :1]).any():
+                    raise DataError(path, "label image has colour pixels; expected grey levels")
+                return np.ascontiguousarray(rgb[..., 0])
+            raise DataError(path, f"unsupported label image mode {im.mode!r}; expected 8-bit grey")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise read_error(path, exc) from exc
+
+
+def pair_by_stem(
+    images: Iterable[Path], labels: Iterable[Path], label_stem: Callable[[Path], str] | None = None
+) -> list[tuple[str, Path, Path | None, str | None]]:
+    """Pair 2D images with their label files by file stem -> sorted (stem, image, label, problem).
+
+    label_stem: the image stem a label file belongs to (default: its own stem).
+    Unpaired or ambiguous files come back with ``label`` None and a ``problem`` text (the path is then
+    the offending file), ready for :func:`broken_case`.
+    """
+    def by_stem(paths: Iterable[Path], stem: Callable[[Path], str]) -> dict[str, list[Path]]:
+        groups: dict[str, list[Path]] = {}
+        for p in sorted(paths):
+            groups.setdefault(stem(p), []).append(p)
+        return groups
+
+    image_groups = by_stem(images, lambda p: p.stem)
+    label_groups = by_stem(labels, label_stem or (lambda p: p.stem))
+    pairs: list[tuple[str, Path, Path | None, str | None]] = []
+    for stem in sorted(set(image_groups) | set(label_groups)):
+        found = image_groups.get(stem, []) + label_groups.get(stem, [])
+        if len(image_groups.get(stem, [])) > 1 or len(label_groups.get(stem, [])) > 1:
+            pairs.append((stem, found[0], None, f"file stem {stem!r} is not unique: {', '.join(map(str, found))}"))
+        elif stem not in label_groups:
+            pairs.append((stem, found[0], None, "image without annotation (no label file with the same stem)"))
+        elif stem not in image_groups:
+            pairs.append((stem, found[0], None, "annotation without an image"))
+        else:
+            pairs.append((stem, found[0], found[1], None))
+    return pairs
+
+
 def broken_case(case_id: str, source: str | Path, problem: str, label_map: LabelMap) -> Case:
     """A case that fails on load with ``problem`` (for issues found while listing files)."""
 
