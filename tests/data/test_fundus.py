@@ -7,9 +7,8 @@ Each generator writes what the release ships: REFUGE JPEG images with 8-bit BMP 
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,14 @@ from fedfms.data import DataError, get_preparer, prepare_dataset
 from fedfms.data.writer import process_case
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def prepare_data_cli(*argv: str) -> int:
+    """Run tools/prepare_data.py in-process (its main(argv)), as the command line does."""
+    spec = importlib.util.spec_from_file_location("prepare_data_tool", REPO / "tools" / "prepare_data.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main(list(argv))
 
 
 def disc_cup(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,15 +76,15 @@ def make_refuge(root: Path, h: int = 48, w: int = 50) -> dict[str, tuple[np.ndar
     return truth
 
 
-def make_origa(root: Path, h: int = 40, w: int = 52) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """ORIGA: Images/NNN.jpg, Masks/NNN.png (0/1/2); one annotation as a semi-automatic .mat instead."""
+def make_origa(root: Path, h: int = 40, w: int = 52, mat: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """ORIGA: Images/NNN.jpg with Masks/NNN.png (0/1/2), or (mat=True) Semi-automatic/NNN.mat instead."""
     truth = {}
     for i, stem in enumerate(["001", "002", "003"]):
         disc, cup = disc_cup(h, w, 10 + i)
         save(root / "ORIGA" / "Images" / f"{stem}.jpg", fundus_rgb(h, w, 10 + i))
-        if stem == "003":
+        if mat:
             (root / "ORIGA" / "Semi-automatic").mkdir(parents=True, exist_ok=True)
-            savemat(root / "ORIGA" / "Semi-automatic" / f"{stem}.mat", {"mask": index_mask(disc, cup)})
+            savemat(root / "ORIGA" / "Semi-automatic" / f"{stem}.mat", {"mask": index_mask(disc, cup).astype(float)})
         else:
             save(root / "ORIGA" / "Masks" / f"{stem}.png", index_mask(disc, cup))
         truth[stem] = disc, cup
@@ -131,9 +138,7 @@ def labels_of(site_dir: Path) -> dict[str, np.ndarray]:
 def test_cli_prepares_all_four_sites(tmp_path):
     truth = {site: make(tmp_path / "src") for site, make in MAKERS.items()}
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "prepare_data.py"), "fundus", "--src",
-                          str(tmp_path / "src"), "--out", str(out)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert prepare_data_cli("fundus", "--src", str(tmp_path / "src"), "--out", str(out)) == 0
     index = json.loads((out / "fundus" / "dataset.json").read_text())
     # G1020 image_2 has no cup annotation and is left out by default
     expected = {"REFUGE": 5, "ORIGA": 3, "G1020": 3, "Drishti-GS1": 3}
@@ -185,6 +190,15 @@ def test_drishti_soft_map_threshold(tmp_path):
         (sample,), _ = process_case(case)
         np.testing.assert_array_equal(sample.label[0], np.array([expected] * 3))
         np.testing.assert_array_equal(sample.label[1], np.array([[0, 0, 0, 0, 1]] * 3))
+
+
+def test_origa_matlab_annotations(tmp_path):
+    truth = make_origa(tmp_path / "src", mat=True)
+    cases = list(get_preparer("fundus").iter_cases(tmp_path / "src", "ORIGA"))
+    assert [c.case_id for c in cases] == ["001", "002", "003"] and cases[2].label_source.endswith("003.mat")
+    for case in cases:
+        (sample,), _ = process_case(case)
+        np.testing.assert_array_equal(sample.label, np.stack(truth[case.case_id]))
 
 
 def test_g1020_missing_cup_kept_as_empty_channel(tmp_path):

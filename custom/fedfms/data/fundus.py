@@ -9,8 +9,8 @@ case-insensitively; a site folder may contain the release's own top folder):
   ``REFUGE-Test-GT/Disc_Cup_Masks/{G,N}/``); any folder arrangement works, images and masks are
   paired by stem. Mask values: 0 = cup, 128 = disc outside the cup, 255 = background.
 - ``ORIGA/``: ``Images/*.jpg`` with ``Masks/<stem>.png`` (0 = background, 1 = disc outside the cup,
-  2 = cup) or a MATLAB ``<stem>.mat`` anywhere in the site folder holding one 2D array with the same
-  values (e.g. the semi-automatic annotations).
+  2 = cup); a copy without ``Masks/`` PNGs is read from MATLAB ``<stem>.mat`` files anywhere in the
+  site folder, each holding one 2D array with the same values (e.g. ``Semi-automatic/``).
 - ``G1020/``: ``Images/*.jpg`` (the per-image ``*.json`` polygons next to them are not needed) with
   ``Masks/<stem>.png``, values as ORIGA. Some G1020 images have no cup annotation (mask without
   value 2): they are left out by default (``--g1020-missing-cup skip``); ``empty`` keeps them with an
@@ -165,12 +165,13 @@ def _refuge(root: Path) -> Layout:
 
 
 def _indexed(root: Path, site: str) -> Layout:
-    """ORIGA / G1020: Images/ with Masks/<stem>.png (or <stem>.mat anywhere), values 0/1/2."""
+    """ORIGA / G1020: Images/ with Masks/<stem>.png (without any: <stem>.mat anywhere), values 0/1/2."""
     image_dirs = _find_dir(root, "Images")
     if len(image_dirs) != 1:
         raise DataError(root, f"expected one Images folder in the {site} release, found {len(image_dirs)}")
     masks = [p for d in _find_dir(root, "Masks") for p in _files(d, ".png")]
-    masks += [p for p in root.rglob("*") if p.suffix.lower() == ".mat"]
+    if not masks:  # releases without PNG masks ship MATLAB annotations
+        masks = [p for p in root.rglob("*") if p.suffix.lower() == ".mat"]
 
     def read(p: Path) -> np.ndarray:
         return _decode(_read_mat(p) if p.suffix.lower() == ".mat" else load_mask(p), _INDEX_MASK, p)

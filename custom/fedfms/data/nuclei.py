@@ -97,7 +97,7 @@ def _pannuke_fold(images_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise DataError(fold_dir, f"expected one masks.npy under the fold folder, found {len(masks_paths)}")
     images, masks = _open_npy(images_path), _open_npy(masks_paths[0])
     try:
-        types = np.load(types_path)
+        types = np.load(types_path).astype(str)  # tissue names (str or bytes arrays)
     except Exception as exc:
         raise read_error(types_path, exc) from exc
     if images.ndim != 4 or images.shape[-1] != 3:
