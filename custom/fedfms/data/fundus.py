@@ -221,7 +221,6 @@ class FundusPreparer(Preparer):
         max_size: int = 1024,
         drishti_threshold: int = 100,
         g1020_missing_cup: str = "skip",
-        **_: object,
     ) -> Iterator[Case]:
         """Yield one case per image of ``site``; the label is the index map read by OD_CONVENTIONS[od]."""
         if site not in SITE_FOLDERS:

@@ -64,10 +64,11 @@ _BINARY = LabelMap({"nuclei": (1,)}, allowed=(0, 1))
 
 
 def _site_root(src: Path, site: str) -> Path:
+    """The release folder of ``site`` under ``src`` (SITE_FOLDERS, case-insensitive)."""
     wanted = SITE_FOLDERS[site].lower()
     found = [p for p in sorted(Path(src).iterdir()) if p.is_dir() and p.name.lower() == wanted]
-    if not found:
-        raise DataError(src, f"no {SITE_FOLDERS[site]} folder for site {site}")
+    if len(found) != 1:
+        raise DataError(src, f"expected one {SITE_FOLDERS[site]} folder for site {site}, found {len(found)}")
     return found[0]
 
 
@@ -216,7 +217,7 @@ class NucleiPreparer(Preparer):
                             help="PanNuke folds per tissue site: 'all' (default), 'reference' (Adrenal_gland, "
                                  "Esophagus: fold 2; Bile-duct, Uterus: fold 3) or fold numbers such as '2,3'")
 
-    def iter_cases(self, src: Path, site: str, pannuke_folds: str = "all", **_: object) -> Iterator[Case]:
+    def iter_cases(self, src: Path, site: str, pannuke_folds: str = "all") -> Iterator[Case]:
         """Yield one case per image (PanNuke: per patch) of ``site``; label = nuclei vs background."""
         if site not in SITE_FOLDERS:
             raise DataError(src, f"unknown nuclei site {site!r}; expected one of {list(SITE_FOLDERS)}")
