@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter, zoom
+from scipy.ndimage import gaussian_filter
 
 from fedfms.data.writer import DEFAULT_SEED, SiteSummary, prepare_dataset, replace_directory
 
@@ -56,10 +56,11 @@ SITES: tuple[DemoSite, ...] = (
 SOURCE_RELEASE = "synthetic stand-in for the multi-site prostate MRI release (fedfms make_demo_data, seed {seed})"
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int = 4) -> np.ndarray:
-    """Low-frequency random field in [-1, 1] (coarse noise, cubic upsampling)."""
-    grid = rng.standard_normal((coarse, coarse, max(2, coarse // 2)))
-    field = zoom(grid, [s / c for s, c in zip(shape, grid.shape)], order=3, mode="nearest")[tuple(slice(0, s) for s in shape)]
+def _bias_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Smooth random field in [-1, 1]: a random quadratic polynomial of the normalized coordinates."""
+    u, v, w = (c / max(np.abs(c).max(), 1e-6) for c in (x, y, z))
+    a = rng.uniform(-1, 1, 7)
+    field = a[0] * u + a[1] * v + a[2] * w + a[3] * u * v + a[4] * u**2 + a[5] * v**2 + a[6] * u * w
     return field / max(np.abs(field).max(), 1e-6)
 
 
@@ -98,7 +99,7 @@ def synth_volume(site: DemoSite, rng: np.random.Generator) -> tuple[np.ndarray, 
     image = np.where(gland, gland_level * np.where(central, 0.85, 1.1) * (1 + 0.1 * texture), image)
 
     # acquisition: bias field, Rician noise, site scale and dtype
-    image = image * (1 + site.bias * _smooth_field(rng, shape))
+    image = image * (1 + site.bias * _bias_field(rng, x, y, z))
     noise = site.noise
     image = np.sqrt((image + rng.normal(0, noise, shape)) ** 2 + rng.normal(0, noise, shape) ** 2) * site.scale
     image = np.round(image).astype(site.dtype) if np.dtype(site.dtype).kind == "i" else image.astype(site.dtype)

@@ -25,7 +25,7 @@ def sample_transforms(image_size: int = 1024, output_scale: int = 4, image_key: 
         raise ValueError(f"image_size {image_size} must be a multiple of output_scale {output_scale}")
     keys = [image_key, label_key]
     return Compose([
-        LoadImaged(keys, reader="NumpyReader", channel_dim=0),
+        LoadImaged(keys, reader="NumpyReader", channel_dim=0, dtype=None),  # keep uint8 vs float16: ScaleToUnitd dispatches on it
         ScaleToUnitd(image_key),
         ToThreeChannelsd(image_key),
         Resized(image_key, spatial_size=(image_size, image_size), mode="bilinear", align_corners=False),
