@@ -1,0 +1,228 @@
+"""The site side of a fedfms job: an NVFlare Executor that runs the job's MONAI bundle.
+
+Each round (task "train") the site
+1. accepts the global model only if it holds exactly its transmitted tensors (``selection``),
+2. validates it on the site's validation split (the bundle's ``validate#evaluator``),
+3. trains ``local_epochs`` epochs from it with the bundle's ``train#trainer`` (driven by
+   ``monai.fl.client.MonaiAlgo``),
+4. returns the transmitted tensors as a DXO of WEIGHTS with meta NUM_STEPS_CURRENT_ROUND = its number
+   of training samples (so FedAvg weights sites by data size, as in the paper), the validation
+   metrics as INITIAL_METRICS, its mean training loss and the serialized size of what it sends.
+Task "validate" (cross-site evaluation) scores a received model on the site's test split with the
+bundle's evaluate configuration. The network is whatever the bundle's ``network_def`` builds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Optional
+
+from ignite.metrics import Average
+from monai.fl.client import MonaiAlgo
+from monai.fl.utils.constants import ExtraItems
+from monai.fl.utils.exchange_object import ExchangeObject
+from monai.handlers import from_engine
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+
+from .bundle import EVALUATE_CONFIG, TRAIN_CONFIG, uses_sam_checkpoint
+from .selection import check_incoming, select_outgoing, serialized_size, transmitted_names
+from .site_config import resolve_site_config
+
+#: Keys of the per-round result's meta and metrics (read by the server's JobReport).
+VAL_DICE = "val_dice"
+TEST_DICE = "test_dice"
+TRAIN_LOSS = "train_loss"
+BYTES_SENT = "bytes_sent"
+_LOSS_METRIC = "fedfms_epoch_loss"
+
+
+def _scalars(metrics: Mapping[str, object]) -> Dict[str, float]:
+    """The numeric entries of an engine's metrics, as floats (what can travel in DXO meta)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class BundleExecutor(Executor):
+    """Runs a MONAI bundle shipped in the job (``app/config/bundle``) on this site's data.
+
+    Args:
+        dataset: dataset name ("prostate", ...), the folder under the site's data root.
+        bundle_root: bundle folder relative to the app root.
+        local_epochs: epochs of local training per round (paper: 1).
+        overrides: bundle config overrides of the job (image_size, model_type, batch_size, ...).
+        site_folders: client name -> data folder name where they differ (NVFlare client names cannot
+            contain dots: client "ISBI1_5" reads folder "ISBI1.5").
+        evaluate_workflow: MONAI workflow type of the evaluate configuration ("train" when
+            configs/evaluate.json overrides ``validate#...`` of configs/train.json).
+        analytic_sender_id: id of an NVFlare TBWriter component streaming metrics to the server, or "".
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        bundle_root: str = "config/bundle",
+        local_epochs: int = 1,
+        overrides: Optional[Mapping[str, object]] = None,
+        site_folders: Optional[Mapping[str, str]] = None,
+        evaluate_workflow: str = "train",
+        analytic_sender_id: str = "analytic_sender",
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        validate_task_name: str = AppConstants.TASK_VALIDATION,
+    ):
+        super().__init__()
+        if local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
+        self.dataset, self.bundle_root, self.local_epochs = dataset, bundle_root, local_epochs
+        self.overrides = dict(overrides or {})
+        self.site_folders = dict(site_folders or {})
+        self.evaluate_workflow = evaluate_workflow
+        self.analytic_sender_id = analytic_sender_id
+        self.train_task_name, self.validate_task_name = train_task_name, validate_task_name
+        self.site = ""
+        self.bundle_overrides: Dict[str, object] = {}
+        self.trainer_algo: Optional[MonaiAlgo] = None
+        self.evaluate_algo: Optional[MonaiAlgo] = None
+        self.names: frozenset[str] = frozenset()
+        self.num_train_samples = 0
+        self.writer = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            self.site = fl_ctx.get_identity_name()
+            if self.analytic_sender_id:
+                self.writer = fl_ctx.get_engine().get_component(self.analytic_sender_id)
+        elif event_type == EventType.ABORT_TASK:
+            for algo in (self.trainer_algo, self.evaluate_algo):
+                if algo is not None:
+                    algo.abort()
+        elif event_type == EventType.END_RUN:
+            for algo in (self.trainer_algo, self.evaluate_algo):
+                if algo is not None:
+                    algo.finalize()
+
+    def _site_overrides(self, fl_ctx: FLContext) -> Dict[str, object]:
+        """Bundle overrides for this site: the job's plus its datalist, device, checkpoint, outputs."""
+        if not self.bundle_overrides:
+            workspace = fl_ctx.get_engine().get_workspace()
+            folder = self.site_folders.get(self.site, self.site)
+            config = resolve_site_config(workspace.get_root_dir(), self.dataset, folder)
+            self.log_info(fl_ctx, f"site {self.site}: datalist {config.datalist}, SAM weights "
+                          f"{config.sam_checkpoint or 'random'}, device {config.device} (from {config.source})")
+            overrides = dict(self.overrides, datalist=str(config.datalist), device=config.device)
+            if uses_sam_checkpoint(self._bundle_path(fl_ctx)):
+                overrides["sam_checkpoint"] = str(config.sam_checkpoint) if config.sam_checkpoint else None
+            overrides["output_dir"] = os.path.join(workspace.get_run_dir(fl_ctx.get_job_id()), "bundle")
+            self.bundle_overrides = overrides
+        return self.bundle_overrides
+
+    def _bundle_path(self, fl_ctx: FLContext) -> str:
+        return os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.bundle_root)
+
+    def _extra(self, fl_ctx: FLContext) -> dict:
+        return {ExtraItems.CLIENT_NAME: self.site, ExtraItems.APP_ROOT: fl_ctx.get_prop(FLContextKey.APP_ROOT)}
+
+    def _trainer_algo(self, fl_ctx: FLContext) -> MonaiAlgo:
+        if self.trainer_algo is None:
+            algo = MonaiAlgo(
+                bundle_root=self.bundle_root,
+                local_epochs=self.local_epochs,
+                send_weight_diff=False,  # WEIGHTS: the server averages models, not differences
+                config_train_filename=TRAIN_CONFIG,
+                train_kwargs=self._site_overrides(fl_ctx),
+                config_evaluate_filename=None,
+            )
+            algo.initialize(self._extra(fl_ctx))
+            # Validate with the training workflow's own evaluator (validation split, same network
+            # object): a second parse of the bundle would build and load a second SAM.
+            algo.evaluator = algo.train_workflow.evaluator
+            Average(output_transform=from_engine(["loss"], first=True)).attach(algo.trainer, _LOSS_METRIC)
+            self.names = transmitted_names(algo.trainer.network)
+            self.num_train_samples = len(algo.trainer.data_loader.dataset)
+            if self.num_train_samples == 0:
+                raise ValueError(f"site {self.site}: the training split of {self.bundle_overrides['datalist']} is empty")
+            self.trainer_algo = algo
+        return self.trainer_algo
+
+    def _evaluate_algo(self, fl_ctx: FLContext) -> MonaiAlgo:
+        if self.evaluate_algo is None:
+            overrides = dict(self._site_overrides(fl_ctx))
+            overrides["output_dir"] = os.path.join(str(overrides["output_dir"]), "cross_site")
+            algo = MonaiAlgo(
+                bundle_root=self.bundle_root,
+                config_train_filename=None,
+                config_evaluate_filename=[TRAIN_CONFIG, EVALUATE_CONFIG],
+                eval_kwargs=overrides,
+                eval_workflow_name=self.evaluate_workflow,
+            )
+            algo.initialize(self._extra(fl_ctx))
+            if not self.names:
+                self.names = transmitted_names(algo.evaluator.network)
+            self.evaluate_algo = algo
+        return self.evaluate_algo
+
+    # -- tasks ------------------------------------------------------------------------------------
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            if task_name == self.train_task_name:
+                return self._train(shareable, fl_ctx, abort_signal)
+            if task_name == self.validate_task_name:
+                return self._validate(shareable, fl_ctx)
+            self.log_error(fl_ctx, f"site {self.site}: unknown task {task_name!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        except Exception as err:  # reported to the server, which tolerates it while min_clients are met
+            self.log_exception(fl_ctx, f"site {self.site}: task {task_name} failed: {err}")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
+    def _received(self, shareable: Shareable, what: str) -> ExchangeObject:
+        dxo = from_shareable(shareable)
+        if dxo.data_kind != DataKind.WEIGHTS:
+            raise ValueError(f"{what}: expected a DXO of {DataKind.WEIGHTS}, got {dxo.data_kind}")
+        return ExchangeObject(weights=check_incoming(dxo.data, self.names, what))
+
+    def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        algo = self._trainer_algo(fl_ctx)
+        current_round = shareable.get_header(AppConstants.CURRENT_ROUND, 0)
+        global_model = self._received(shareable, f"server (round {current_round})")
+
+        metrics = _scalars(algo.evaluate(global_model).metrics)
+        val_dice = metrics[algo.evaluator.state.key_metric_name]
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        algo.train(global_model)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        loss = float(algo.trainer.state.metrics[_LOSS_METRIC])
+
+        sent = select_outgoing(algo.get_weights().weights, self.names, f"site {self.site}")
+        result = DXO(
+            DataKind.WEIGHTS,
+            sent,
+            {MetaKey.NUM_STEPS_CURRENT_ROUND: self.num_train_samples, MetaKey.INITIAL_METRICS: {VAL_DICE: val_dice, **metrics}},
+        )
+        size = serialized_size(result)
+        result.set_meta_prop(TRAIN_LOSS, loss)
+        result.set_meta_prop(BYTES_SENT, size)
+        self.log_info(
+            fl_ctx,
+            f"site {self.site} round {current_round}: global model validation Dice {val_dice:.4f}, "
+            f"train loss {loss:.4f} on {self.num_train_samples} samples, sending {len(sent)} tensors ({size} bytes)",
+        )
+        if self.writer is not None:
+            for tag, value in ((VAL_DICE, val_dice), (TRAIN_LOSS, loss), (BYTES_SENT, size)):
+                self.writer.add_scalar(tag, value, global_step=int(current_round))
+        return result.to_shareable()
+
+    def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        algo = self._evaluate_algo(fl_ctx)
+        owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
+        metrics = _scalars(algo.evaluate(self._received(shareable, f"server model {owner}")).metrics)
+        test_dice = metrics[algo.evaluator.state.key_metric_name]
+        self.log_info(fl_ctx, f"site {self.site}: model {owner} test Dice {test_dice:.4f}")
+        return DXO(DataKind.METRICS, {TEST_DICE: test_dice, **metrics}).to_shareable()

@@ -1,0 +1,67 @@
+"""Server-side model persistence: the full global model on disk, only transmitted tensors on the wire."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
+from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+
+from .bundle import build_bundle_network, uses_sam_checkpoint
+from .selection import select_outgoing, transmitted_names
+from .site_config import resolve_sam_checkpoint
+
+
+class TransmittedModelPersistor(PTFileModelPersistor):
+    """PTFileModelPersistor whose model is the job bundle's ``network_def``.
+
+    The saved files (FL_global_model.pt, best_FL_global_model.pt) hold the full state dict: the
+    aggregated tensors merged into the server's initial model. Every model it hands out (the initial
+    global model of round 0, and the final and best models for cross-site evaluation) is reduced to the
+    transmitted tensors by ``selection.select_outgoing``, so a frozen FedMSA encoder never leaves the
+    server either. For SAM bundles the server builds the model from its own SAM checkpoint (site config
+    of the server workspace, see ``site_config``) so round 0 starts every site from the pretrained
+    decoder; without one, SAM weights are random.
+
+    Args:
+        bundle_root: bundle folder relative to the app root (the job carries the bundle configs).
+        overrides: bundle config overrides of the job (model_type, image_size, num_classes, ...).
+        kwargs: passed to PTFileModelPersistor (file names, load_device, ...).
+    """
+
+    def __init__(self, bundle_root: str = "config/bundle", overrides: Optional[Mapping[str, object]] = None, **kwargs):
+        super().__init__(model=None, **kwargs)
+        self.bundle_root = bundle_root
+        self.overrides = dict(overrides or {})
+        self.names: frozenset[str] = frozenset()
+
+    def _initialize(self, fl_ctx: FLContext) -> None:
+        bundle_root = os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.bundle_root)
+        overrides = dict(self.overrides, device="cpu")
+        if uses_sam_checkpoint(bundle_root):
+            checkpoint = resolve_sam_checkpoint(fl_ctx.get_engine().get_workspace().get_root_dir())
+            overrides["sam_checkpoint"] = str(checkpoint) if checkpoint else None
+            self.log_info(fl_ctx, f"global model SAM weights: {checkpoint or 'random initialisation'}")
+        self.model = build_bundle_network(bundle_root, overrides)
+        self.names = transmitted_names(self.model)
+        self.log_info(
+            fl_ctx,
+            f"global model {type(self.model).__name__}: {len(self.model.state_dict())} tensors held, "
+            f"{len(self.names)} transmitted",
+        )
+        super()._initialize(fl_ctx)
+
+    def _transmitted(self, ml: Optional[ModelLearnable], what: str) -> Optional[ModelLearnable]:
+        if ml is None:
+            return None
+        weights = select_outgoing(ml[ModelLearnableKey.WEIGHTS], self.names, f"server {what}")
+        return make_model_learnable(weights, ml.get(ModelLearnableKey.META))
+
+    def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        return self._transmitted(super().load_model(fl_ctx), "initial global model")
+
+    def get_model(self, model_file: str, fl_ctx: FLContext) -> Optional[ModelLearnable]:
+        return self._transmitted(super().get_model(model_file, fl_ctx), model_file)

@@ -1,0 +1,145 @@
+"""Server-side job report: one log line per round, a learning-curve file, a cross-site results table.
+
+Per round it logs each training site's loss, validation Dice of the received global model and bytes
+sent, the sites' Dice weighted by training samples (the quantity the best model is chosen by), and
+any training site that sent nothing (failed or timed out). Files in the server's run folder:
+``fedfms_rounds.json`` (per-round history) and ``cross_site_val/fedfms_results.{json,md}`` (Dice of
+the final and best global models on every site's test split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from nvflare.apis.analytix import AnalyticsDataType
+from nvflare.apis.dxo import MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.widgets.streaming import AnalyticsSender
+from nvflare.widgets.widget import Widget
+
+from .executor import BYTES_SENT, TEST_DICE, TRAIN_LOSS, VAL_DICE
+
+ROUNDS_FILE = "fedfms_rounds.json"
+RESULTS_FILE = "fedfms_results"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def results_markdown(results: Dict[str, Dict[str, float]], sites: Sequence[str], held_out: Sequence[str] = ()) -> str:
+    """Markdown table: one row per site, one column per model, cells = test Dice ('-' if missing)."""
+    models = sorted({model for per_site in results.values() for model in per_site})
+    lines = ["| site | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for site in sites:
+        label = f"{site} (held out)" if site in held_out else site
+        cells = [f"{results.get(site, {}).get(m):.4f}" if m in results.get(site, {}) else "-" for m in models]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class JobReport(Widget):
+    """Server widget writing the per-round log and the cross-site results table.
+
+    Args:
+        train_sites: the clients expected to train each round (to name the ones that sent nothing).
+        held_out_sites: clients that only evaluate (marked in the results table).
+
+    The weighted Dice curve goes to the server's TensorBoard receiver as a local analytics event.
+    """
+
+    def __init__(self, train_sites: Sequence[str] = (), held_out_sites: Sequence[str] = ()):
+        super().__init__()
+        self.train_sites, self.held_out_sites = list(train_sites), list(held_out_sites)
+        self.sender = AnalyticsSender()
+        self.run_dir: Optional[Path] = None
+        self.history: List[dict] = []
+        self.current: Dict[str, dict] = {}
+        self.results: Dict[str, Dict[str, float]] = {}
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            self.run_dir = Path(engine.get_workspace().get_run_dir(fl_ctx.get_job_id()))
+            self.sender.engine = engine
+        elif event_type == AppEventType.ROUND_STARTED:
+            self.current = {}
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._record_contribution(fl_ctx)
+        elif event_type == AppEventType.ROUND_DONE:
+            self._close_round(fl_ctx)
+        elif event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
+            self._record_validation(fl_ctx)
+        elif event_type == EventType.END_RUN and self.results:
+            self._write_results(fl_ctx)
+
+    def _record_contribution(self, fl_ctx: FLContext) -> None:
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name(default="?") if peer else "?"
+        result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
+        try:
+            dxo = from_shareable(result)
+        except Exception:  # the aggregator logs malformed results itself
+            return
+        metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
+        self.current[site] = {
+            "samples": dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
+            VAL_DICE: metrics.get(VAL_DICE),
+            TRAIN_LOSS: dxo.get_meta_prop(TRAIN_LOSS),
+            BYTES_SENT: dxo.get_meta_prop(BYTES_SENT),
+        }
+
+    def _close_round(self, fl_ctx: FLContext) -> None:
+        current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        sites = {s: v for s, v in self.current.items() if v[VAL_DICE] is not None and v["samples"]}
+        total = sum(v["samples"] for v in sites.values())
+        weighted = sum(v[VAL_DICE] * v["samples"] for v in sites.values()) / total if total else None
+        missing = [s for s in self.train_sites if s not in self.current]
+        self.history.append({"round": current_round, "weighted_val_dice": weighted, "sites": self.current, "missing": missing})
+        parts = [
+            f"{s}: loss {v[TRAIN_LOSS]:.4f} Dice {v[VAL_DICE]:.4f} sent {v[BYTES_SENT] / 1e6:.2f} MB"
+            for s, v in sorted(self.current.items())
+        ]
+        line = f"round {current_round}: " + " | ".join(parts)
+        if weighted is not None:
+            line += f" | weighted Dice {weighted:.4f}"
+        self.log_info(fl_ctx, line)
+        if missing:
+            self.log_warning(fl_ctx, f"round {current_round}: no result from {', '.join(missing)} (failed or timed out)")
+        if weighted is not None:
+            self.sender.add("weighted_val_dice", weighted, AnalyticsDataType.SCALAR, global_step=int(current_round))
+        write_json_atomic(self.run_dir / ROUNDS_FILE, self.history)
+
+    def _record_validation(self, fl_ctx: FLContext) -> None:
+        owner = fl_ctx.get_prop(AppConstants.MODEL_OWNER)
+        site = fl_ctx.get_prop(AppConstants.DATA_CLIENT)
+        result = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
+        if result is None or result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            self.log_warning(fl_ctx, f"cross-site evaluation of {owner} on {site} failed")
+            return
+        self.results.setdefault(str(site), {})[str(owner)] = float(from_shareable(result).data[TEST_DICE])
+
+    def _write_results(self, fl_ctx: FLContext) -> None:
+        sites = sorted(set(self.train_sites) | set(self.held_out_sites) | set(self.results))
+        folder = self.run_dir / AppConstants.CROSS_VAL_DIR
+        write_json_atomic(folder / f"{RESULTS_FILE}.json", self.results)
+        table = results_markdown(self.results, sites, self.held_out_sites)
+        write_text_atomic(folder / f"{RESULTS_FILE}.md", table)
+        self.log_info(fl_ctx, "cross-site test Dice of the global models:\n" + table)
