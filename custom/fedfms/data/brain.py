@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedfms.data.preparation import Case, DataError, Preparer, broken_case, load_volume_pair, register
@@ -66,7 +66,8 @@ class BrainPreparer(Preparer):
         parser.add_argument("--brain-partitioning", dest="partitioning", default="partitioning_1.csv",
                             help="partitioning CSV, relative to SRC or absolute (default: partitioning_1.csv)")
 
-    def resolve_sites(self, sites):
+    def resolve_sites(self, sites: Iterable[str] | None) -> list[str]:
+        """Accept partition numbers ("6") as well as site names ("partition_6")."""
         if sites is None:
             return list(self.sites)
         return [s if str(s).startswith(SITE_PREFIX) else SITE_PREFIX + str(s) for s in sites]

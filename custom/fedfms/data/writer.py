@@ -243,6 +243,8 @@ def write_dataset_index(dataset_dir: Path) -> dict:
     """(Re)write dataset_dir/dataset.json from every site's datalist.json there; returns it."""
     sites = {}
     for datalist in sorted(dataset_dir.glob("*/datalist.json")):
+        if datalist.parent.name.startswith("."):  # a temp folder left by a killed run is not a site
+            continue
         d = json.loads(datalist.read_text())
         m = d["metadata"]
         sites[m["site"]] = {"datalist": f"{datalist.parent.name}/datalist.json", "num_volumes": m["num_volumes"],
