@@ -1,0 +1,10 @@
+"""Python support for the MONAI bundles in bundles/ (sam, msa, unet).
+
+The bundles are configuration; this package holds only what MONAI lacks, one module per role:
+- datalist:   read prepared site datalists, pool several for centralized training
+- metrics:    the paper's per-slice Dice / IoU (and the reference threshold sweep) as a MONAI metric
+- report:     evaluation handler writing a per-sample CSV and a summary JSON (with per-volume 3D Dice)
+- checkpoint: load trained weights that may hold only the transmitted tensors, strictly checked
+- writers:    inference handler writing 3D NIfTI (restacked volumes) or PNG masks, plus overlay PNGs
+Bundle configs refer to these by full module path (e.g. fedfms.bundle.metrics.SliceOverlapMetric).
+"""

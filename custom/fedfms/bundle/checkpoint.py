@@ -1,0 +1,94 @@
+"""Checkpoints of the bundles: atomic saving, and loading trained weights (`ckpt_path`) into a bundle's network for evaluation and inference.
+
+A trained checkpoint may hold every tensor of the network (a bundle's own model.pt) or only the
+transmitted ones (FedMSA's global model: adapters, mask decoder, head). The frozen rest then comes from
+the site's SAM checkpoint, already loaded when the network was built. MONAI's CheckpointLoader offers
+only strict (all keys) or non-strict (silently ignores mismatches) loading; here missing keys are
+allowed only outside `transmitted_keys(network)`, and unexpected keys or shape mismatches are errors
+(fedfms.networks.load_partial_state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
+
+from fedfms.networks import CheckpointError, load_partial_state, transmitted_keys
+
+logger = logging.getLogger(__name__)
+
+
+def read_trained_state(path: str | os.PathLike, key: str = "model") -> dict[str, torch.Tensor]:
+    """Tensors of a trained checkpoint: a flat state dict (a bundle's model.pt), or the `key` entry of
+    a nested one (e.g. NVFlare's PTFileModelPersistor writes {"model": ..., "train_conf": ...})."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} (ckpt_path) does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {err}") from err
+    if isinstance(state, dict) and isinstance(state.get(key), dict):
+        state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path}: expected a state dict of tensors, flat or under {key!r}")
+    return state
+
+
+def load_trained_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> list[str]:
+    """Copy the checkpoint's tensors into `network` in place; return the loaded key names.
+
+    Raises CheckpointError naming the file and keys when the checkpoint has keys the network lacks, a
+    shape differs (fedfms.networks.load_partial_state), or it lacks any transmitted (trained) key.
+    """
+    state = read_trained_state(path, key)
+    missing = sorted(set(transmitted_keys(network)) - set(state))
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {len(missing)} trained tensors of {type(network).__name__}, e.g. "
+            f"{missing[:5]}: was it written for another bundle, model_type or num_classes?"
+        )
+    load_partial_state(network, state, source=str(path))
+    kept = len(set(network.state_dict()) - set(state))
+    logger.info(f"loaded {len(state)} tensors from {path}; {kept} kept from the network as built (frozen SAM weights)")
+    return sorted(state)
+
+
+class PartialCheckpointLoader:
+    """Ignite handler: load `load_path` into `network` when the engine starts (see load_trained_weights).
+
+    `load_path` None keeps the network as built (SAM checkpoint or random init), e.g. to evaluate a model
+    before training. The name contains "CheckpointLoader" on purpose: monai.fl's MonaiAlgo disables
+    handlers so named, because in federated rounds the weights come from the server instead.
+    """
+
+    def __init__(self, load_path: str | os.PathLike | None, network: torch.nn.Module, key: str = "model") -> None:
+        self.load_path, self.network, self.key = load_path, network, key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.load_path is None:
+            logger.warning("ckpt_path is null: evaluating the network as built, without trained weights")
+            return
+        load_trained_weights(self.network, self.load_path, self.key)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's CheckpointSaver, but every file is written to a temporary file and moved into place.
+
+    MONAI builds its savers with ignite's DiskSaver(atomic=False) because atomic files once lacked
+    group/other read permission; ignite 0.5 restores those bits after the move, so atomic mode is safe
+    and a crash mid-save can no longer leave a truncated model.pt / model_final.pt.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True

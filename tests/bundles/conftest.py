@@ -1,0 +1,83 @@
+"""Shared fixtures of the bundle tests: the synthetic demo data and a random SAM-format checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedfms.data.demo import make_demo_data
+from fedfms.networks import SAMSegmenter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """tools/make_demo_data.py's synthetic six-site prostate data (synthetic: true in every datalist)."""
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_data(out)
+    return out / "prostate"
+
+
+@pytest.fixture(scope="session")
+def small_datalist(demo_root) -> Path:
+    """A subset of the smallest demo site (UCL), written next to its datalist so relative paths hold:
+    6 training and 4 validation slices, and one whole volume as the test split (for 3D restacking)."""
+    site = demo_root / "UCL"
+    content = json.loads((site / "datalist.json").read_text())
+    volume = content["test"][0]["volume"]
+    content["training"] = content["training"][:6]
+    content["validation"] = content["validation"][:4]
+    content["test"] = [s for s in content["test"] if s["volume"] == volume]
+    path = site / "datalist_small.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory) -> Path:
+    """A random-init vit_tiny SAM state dict in the official checkpoint format (SAM keys only; synthetic:
+    no official vit_tiny weights exist). Stands in for sam_vit_b_01ec64.pth in the sam / msa commands."""
+    torch.manual_seed(0)
+    net = SAMSegmenter(model_type="vit_tiny", image_size=64)
+    new = set(net.new_keys())
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_tiny_random.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if k not in new}, path)
+    return path
+
+
+def _readme_blocks(bundle: str) -> dict[str, str]:
+    """The first ```bash block under each "### Heading" of bundles/BUNDLE/docs/README.md, by heading."""
+    blocks, heading = {}, None
+    lines = (REPO / "bundles" / bundle / "docs" / "README.md").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("### "):
+            heading = line[4:].strip()
+        elif line.strip() == "```bash" and heading and heading not in blocks:
+            end = lines.index("```", i + 1)
+            blocks[heading] = "\n".join(lines[i + 1 : end])
+    return blocks
+
+
+@pytest.fixture(scope="session")
+def readme_command():
+    """readme_command(bundle, heading, env, extra): run that README block (bash, from the repository
+    root, the project's python first on PATH) with `extra` arguments appended to its last command."""
+
+    def run(bundle: str, heading: str, env: dict[str, str], extra: list[str] = ()) -> subprocess.CompletedProcess:
+        command = _readme_blocks(bundle)[heading]
+        full_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        result = subprocess.run(
+            ["bash", "-c", command + " " + " ".join(extra)], cwd=REPO, env=full_env, capture_output=True, text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, f"{bundle} README '{heading}' failed:\n{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    return run
