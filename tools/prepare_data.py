@@ -4,8 +4,9 @@
     python tools/prepare_data.py DATASET --src SRC --out OUT [--sites ...] [--skip-bad] [--seed N]
 
 Writes OUT/DATASET/SITE/datalist.json (+ images/, labels/) and OUT/DATASET/dataset.json. Datasets come
-from the registry in fedfms.data (``python tools/prepare_data.py --help`` lists them); each dataset's
-own options are shown by ``python tools/prepare_data.py DATASET --help``.
+from the registry in fedfms.data (listed below); each dataset's release layout and own options are
+shown by `python tools/prepare_data.py DATASET --help`. Exit status: 0 done, 1 bad input (the message
+names the file), 2 usage error (e.g. an unknown site).
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import logging
 import sys
 from pathlib import Path
 
-from fedfms.data import DEFAULT_SEED, DataError, available_datasets, format_summary, get_preparer, prepare_dataset
+from fedfms.data import (
+    DEFAULT_SEED,
+    DataError,
+    SiteError,
+    available_datasets,
+    format_summary,
+    get_preparer,
+    prepare_dataset,
+    terminate_as_exit,
+)
 
 COMMON = ("dataset", "src", "out", "sites", "skip_bad", "seed", "verbose")
 
@@ -31,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--src", type=Path, required=True, help="root folder of your copy of the public release")
         p.add_argument("--out", type=Path, required=True, help="output root; writes OUT/%s/SITE/" % name)
         p.add_argument("--sites", nargs="+", metavar="SITE",
-                       help=f"sites to prepare (default: {' '.join(preparer.sites)})")
+                       help=f"sites to prepare (default: {' '.join(preparer.sites)}); names are case-insensitive")
         p.add_argument("--skip-bad", action="store_true",
                        help="skip bad cases (listed in the summary and in metadata.skipped) instead of stopping")
         p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the 9:1 train/validation split by volume")
@@ -45,11 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
     options = {k: v for k, v in vars(args).items() if k not in COMMON}
     try:
-        summaries = prepare_dataset(args.dataset, args.src, args.out, args.sites, seed=args.seed,
-                                    skip_bad=args.skip_bad, options=options)
+        with terminate_as_exit():  # a kill (SIGTERM) still removes the unfinished site's temp folder
+            summaries = prepare_dataset(args.dataset, args.src, args.out, args.sites, seed=args.seed,
+                                        skip_bad=args.skip_bad, options=options)
+    except SiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print("nothing was written for this site; fix the file or rerun with --skip-bad", file=sys.stderr)
+        if exc.site is not None:
+            print(f"nothing was written for site {exc.site} (sites finished before it are complete)", file=sys.stderr)
+        if exc.case is not None:
+            print("fix or remove the file, or rerun with --skip-bad to skip bad cases and list them", file=sys.stderr)
         return 1
     print(format_summary(args.dataset, summaries))
     print(f"wrote {args.out / args.dataset}/dataset.json")

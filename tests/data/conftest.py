@@ -1,10 +1,14 @@
-"""Fixtures for the data tests: tiny releases written in exactly the public layouts (NIfTI files)."""
+"""Fixtures for the data tests: tiny releases written in exactly the public layouts (NIfTI files), the
+command-line tools run in-process, and readers of the prepared output."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -93,3 +97,33 @@ def save_nifti_fixture() -> Callable[..., Path]:
 @pytest.fixture
 def digest() -> Callable[[Path], dict[str, str]]:
     return tree_digest
+
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _load_tool(name: str) -> ModuleType:
+    """Import tools/<name>.py as a module (its main(argv) is what the command line runs)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(name="load_tool")
+def load_tool_fixture() -> Callable[[str], ModuleType]:
+    """load_tool("prepare_data") -> the tool's module."""
+    return _load_tool
+
+
+@pytest.fixture
+def prepare_data_cli() -> Callable[..., int]:
+    """prepare_data_cli("prostate", "--src", ...) -> exit status of tools/prepare_data.py, run in-process."""
+    tool = _load_tool("prepare_data")
+    return lambda *argv: tool.main([str(a) for a in argv])
+
+
+@pytest.fixture
+def read_datalist() -> Callable[[Path, str, str], dict]:
+    """read_datalist(out, dataset, site) -> the parsed OUT/DATASET/SITE/datalist.json."""
+    return lambda out, dataset, site: json.loads((Path(out) / dataset / site / "datalist.json").read_text())

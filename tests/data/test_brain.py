@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from fedfms.data import DataError, prepare_dataset
+from fedfms.data import DataError, SiteError, prepare_dataset
 
 
-def load(out: Path, site: str) -> dict:
-    return json.loads((out / "brain" / site / "datalist.json").read_text())
-
-
-def test_default_partitions_and_et_target(fets_release, tmp_path):
+def test_default_partitions_and_et_target(fets_release, tmp_path, read_datalist):
     src = fets_release()
     summaries = prepare_dataset("brain", src, tmp_path / "out")
     assert [s.site for s in summaries] == ["partition_1", "partition_6", "partition_18", "partition_21"]
     assert [s.num_volumes for s in summaries] == [3, 2, 2, 2]
-    d = load(tmp_path / "out", "partition_1")
+    d = read_datalist(tmp_path / "out", "brain", "partition_1")
     assert d["metadata"]["label_channels"] == ["ET"]
     assert d["metadata"]["volumes"]["FeTS2022_00000"]["source"] == "FeTS2022_00000/FeTS2022_00000_t1ce.nii.gz"
     assert len(d["test"]) == 3 * 12  # all axial slices
@@ -30,11 +23,11 @@ def test_default_partitions_and_et_target(fets_release, tmp_path):
     assert int(by_slice[5].sum()) == 9
 
 
-def test_tc_target_reference_slices_and_site_aliases(fets_release, tmp_path):
+def test_tc_target_reference_slices_and_site_aliases(fets_release, tmp_path, read_datalist):
     src = fets_release()
     options = {"target": "tc", "slices": "reference"}
     prepare_dataset("brain", src, tmp_path / "out", ["3", "partition_6"], options=options)
-    d = load(tmp_path / "out", "partition_3")
+    d = read_datalist(tmp_path / "out", "brain", "partition_3")
     assert d["metadata"]["label_channels"] == ["TC"] and d["metadata"]["options"]["target"] == "tc"
     # TC = labels {1, 4} on slices 4-7; reference keeps those plus every 5th slice without: 0, 5, 10
     assert sorted(e["slice"] for e in d["test"]) == [0, 4, 5, 6, 7, 10]
@@ -47,8 +40,10 @@ def test_missing_files_and_bad_partitioning(fets_release, tmp_path):
     with pytest.raises(DataError, match="image without label") as err:
         prepare_dataset("brain", src, tmp_path / "out", ["1"])
     assert "FeTS2022_00001_t1ce.nii.gz" in str(err.value)
-    with pytest.raises(DataError, match=r"no partition '99'; partitions are \['1'\]"):
+    with pytest.raises(SiteError, match=r"unknown brain site\(s\) \['99'\]; available: partition_1$"):
         prepare_dataset("brain", src, tmp_path / "out", ["99"])
+    with pytest.raises(SiteError, match=r"\['partition_6', 'partition_18', 'partition_21'\]"):
+        prepare_dataset("brain", src, tmp_path / "out")  # the default partitions must be in the CSV
     (src / "partitioning_1.csv").write_text("Subject,Site\nx,1\n")
     with pytest.raises(DataError, match="Partition_ID,Subject_ID"):
         prepare_dataset("brain", src, tmp_path / "out", ["1"])

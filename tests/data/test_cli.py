@@ -1,61 +1,65 @@
-"""The command-line tools: --help, dispatch through the registry, exit codes."""
+"""The command-line tools: --help, dispatch through the registry, exit codes and messages."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prepare_data_help_lists_registered_datasets(capsys):
+def test_prepare_data_help_lists_registered_datasets(load_tool, capsys):
     tool = load_tool("prepare_data")
     with pytest.raises(SystemExit) as exit_:
         tool.main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "prostate" in text and "brain" in text
-    with pytest.raises(SystemExit):
-        tool.main(["brain", "--help"])
-    assert "--brain-target" in capsys.readouterr().out
+    assert all(name in text for name in ("prostate", "brain", "fundus", "nuclei"))
+    for dataset, option, layout in [("brain", "--brain-target", "partitioning_1.csv"),
+                                    ("fundus", "--g1020-missing-cup", "Disc_Cup_Masks"),
+                                    ("nuclei", "--pannuke-folds", "masks.npy"),
+                                    ("prostate", "--skip-bad", "Case00_segmentation.nii.gz")]:
+        with pytest.raises(SystemExit):
+            tool.main([dataset, "--help"])
+        text = capsys.readouterr().out
+        assert option in text and layout in text  # its own options and its release layout
 
 
-def test_prepare_data_runs_and_reports(prostate_release, fets_release, tmp_path, capsys):
-    tool = load_tool("prepare_data")
+def test_prepare_data_runs_and_reports(prostate_release, fets_release, tmp_path, capsys, prepare_data_cli,
+                                       read_datalist):
     src = prostate_release({"HK": 2, "UCL": 2})
-    assert tool.main(["prostate", "--src", str(src), "--out", str(tmp_path / "out"), "--sites", "HK", "UCL"]) == 0
-    text = capsys.readouterr().out
-    assert "HK" in text and "total" in text
-    assert (tmp_path / "out" / "prostate" / "UCL" / "datalist.json").is_file()
+    assert prepare_data_cli("prostate", "--src", src, "--out", tmp_path / "out", "--sites", "HK", "ucl") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["site", "volumes", "samples", "train", "val", "skipped"]
+    assert [line.split()[0] for line in lines[2:5]] == ["HK", "UCL", "total"]
+    assert read_datalist(tmp_path / "out", "prostate", "UCL")["metadata"]["site"] == "UCL"
 
     fets = fets_release({"6": 2})
-    assert tool.main(["brain", "--src", str(fets), "--out", str(tmp_path / "out"), "--sites", "6",
-                      "--brain-target", "tc", "--seed", "5"]) == 0
-    meta = json.loads((tmp_path / "out" / "brain" / "partition_6" / "datalist.json").read_text())["metadata"]
+    assert prepare_data_cli("brain", "--src", fets, "--out", tmp_path / "out", "--sites", "6",
+                            "--brain-target", "tc", "--seed", "5") == 0
+    meta = read_datalist(tmp_path / "out", "brain", "partition_6")["metadata"]
     assert meta["label_channels"] == ["TC"] and meta["split"]["seed"] == 5
 
 
-def test_prepare_data_bad_input_exit_code(prostate_release, tmp_path, capsys):
-    tool = load_tool("prepare_data")
-    src = prostate_release({"HK": 2})
-    (src / "HK" / "Case01_segmentation.nii.gz").unlink()
-    assert tool.main(["prostate", "--src", str(src), "--out", str(tmp_path / "o"), "--sites", "HK"]) == 1
-    assert "Case01.nii.gz: image without label" in capsys.readouterr().err
-    assert tool.main(["prostate", "--src", str(src), "--out", str(tmp_path / "o"), "--sites", "HK", "--skip-bad"]) == 0
-    assert "skipped HK/Case01" in capsys.readouterr().out
+def test_prepare_data_bad_input_exit_codes(prostate_release, tmp_path, capsys, prepare_data_cli):
+    src = prostate_release({"HK": 2, "UCL": 2})
+    (src / "UCL" / "Case01_segmentation.nii.gz").unlink()
+    out = tmp_path / "o"
+    assert prepare_data_cli("prostate", "--src", src, "--out", out, "--sites", "HK", "UCL") == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'UCL' / 'Case01.nii.gz'}: image without label" in err
+    assert "nothing was written for site UCL" in err and "--skip-bad" in err
+    assert (out / "prostate" / "HK").is_dir() and not (out / "prostate" / "UCL").exists()
+    assert prepare_data_cli("prostate", "--src", src, "--out", out, "--sites", "UCL", "--skip-bad") == 0
+    assert "skipped UCL/Case01" in capsys.readouterr().out
+    # a site-level problem: no hint about --skip-bad, which would not help
+    assert prepare_data_cli("prostate", "--src", src, "--out", out, "--sites", "BIDMC") == 1
+    err = capsys.readouterr().err
+    assert "found no folder" in err and "nothing was written for site BIDMC" in err and "--skip-bad" not in err
+    # an unknown site name is a usage error, reported before anything is written
+    assert prepare_data_cli("prostate", "--src", src, "--out", tmp_path / "o2", "--sites", "HK", "XYZ") == 2
+    assert "unknown prostate site(s) ['XYZ']; available: BIDMC, HK" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
-def test_make_demo_data_help(capsys):
+def test_make_demo_data_help(load_tool, capsys):
     with pytest.raises(SystemExit) as exit_:
         load_tool("make_demo_data").main(["--help"])
     assert exit_.value.code == 0 and "--seed" in capsys.readouterr().out

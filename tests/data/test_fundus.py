@@ -7,7 +7,6 @@ Each generator writes what the release ships: REFUGE JPEG images with 8-bit BMP 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,16 +17,6 @@ from scipy.io import savemat
 
 from fedfms.data import DataError, get_preparer, prepare_dataset
 from fedfms.data.writer import process_case
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def prepare_data_cli(*argv: str) -> int:
-    """Run tools/prepare_data.py in-process (its main(argv)), as the command line does."""
-    spec = importlib.util.spec_from_file_location("prepare_data_tool", REPO / "tools" / "prepare_data.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(list(argv))
 
 
 def disc_cup(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,10 +124,11 @@ def labels_of(site_dir: Path) -> dict[str, np.ndarray]:
     return {e["volume"]: np.load(site_dir / e["label"]) for e in datalist["test"]}
 
 
-def test_cli_prepares_all_four_sites(tmp_path):
+def test_cli_prepares_all_four_sites(tmp_path, prepare_data_cli, capsys):
     truth = {site: make(tmp_path / "src") for site, make in MAKERS.items()}
     out = tmp_path / "out"
     assert prepare_data_cli("fundus", "--src", str(tmp_path / "src"), "--out", str(out)) == 0
+    printed = capsys.readouterr().out
     index = json.loads((out / "fundus" / "dataset.json").read_text())
     # G1020 image_2 has no cup annotation and is left out by default
     expected = {"REFUGE": 5, "ORIGA": 3, "G1020": 3, "Drishti-GS1": 3}
@@ -158,6 +148,13 @@ def test_cli_prepares_all_four_sites(tmp_path):
             np.testing.assert_array_equal(label[0], disc)  # OD = whole disc (paper)
             np.testing.assert_array_equal(label[1], cup)
     assert "image_2" not in labels_of(out / "fundus" / "G1020")
+    # ... but not silently: the summary and the metadata name it with the reason
+    (skipped,) = json.loads((out / "fundus" / "G1020" / "datalist.json").read_text())["metadata"]["skipped"]
+    assert skipped["case"] == "image_2" and skipped["source"] == "G1020/Masks/image_2.png"
+    assert "no cup annotation" in skipped["problem"] and "--g1020-missing-cup" in skipped["problem"]
+    (row,) = [line.split() for line in printed.splitlines() if line.startswith("G1020 ")]
+    assert row == ["G1020", "3", "3", "2", "1", "1"]  # volumes, samples, train, val, skipped
+    assert f"skipped G1020/image_2: G1020/Masks/image_2.png: {skipped['problem']}" in printed
 
 
 def test_refuge_encoding_and_rim_convention(tmp_path):

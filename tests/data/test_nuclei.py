@@ -7,7 +7,6 @@ each .tif); TNBC is RGBA PNG slides with 0/255 PNG masks. Only the number and si
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,15 +19,6 @@ from fedfms.data import DataError, get_preparer, prepare_dataset
 from fedfms.data.nuclei_polygons import rasterize, read_polygons
 from fedfms.data.writer import process_case
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def prepare_data_cli(*argv: str) -> int:
-    """Run tools/prepare_data.py in-process (its main(argv)), as the command line does."""
-    spec = importlib.util.spec_from_file_location("prepare_data_tool", REPO / "tools" / "prepare_data.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(list(argv))
 FOLD_TYPES = {2: ["Adrenal_gland", "Esophagus", "Adrenal_gland", "Bile-duct", "Uterus"],
               3: ["Uterus", "Bile-duct", "Esophagus", "Adrenal_gland", "Breast"]}
 RECT = [(2, 3), (6, 3), (6, 8), (2, 8)]  # closed polygon: columns 2..6, rows 3..8 -> 30 pixels
@@ -159,7 +149,7 @@ def test_polygons_rasterize_to_hand_computed_pixels(tmp_path):
     assert rasterize(read_polygons(tmp_path / "a.xml"), 16, 16)[0, :5].all()  # Ambiguous drawn when not excluded
 
 
-def test_cli_prepares_all_seven_sites(tmp_path):
+def test_cli_prepares_all_seven_sites(tmp_path, prepare_data_cli):
     truth = make_all(tmp_path / "src")
     out = tmp_path / "out"
     assert prepare_data_cli("nuclei", "--src", str(tmp_path / "src"), "--out", str(out)) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,11 +11,7 @@ import pytest
 from fedfms.data import DataError, prepare_dataset
 
 
-def load_datalist(out: Path, site: str) -> dict:
-    return json.loads((out / "prostate" / site / "datalist.json").read_text())
-
-
-def test_all_six_sites_output_contract(prostate_release, tmp_path):
+def test_all_six_sites_output_contract(prostate_release, tmp_path, read_datalist):
     src = prostate_release()
     out = tmp_path / "out"
     summaries = prepare_dataset("prostate", src, out)
@@ -24,7 +19,7 @@ def test_all_six_sites_output_contract(prostate_release, tmp_path):
     index = json.loads((out / "prostate" / "dataset.json").read_text())
     assert sorted(index["sites"]) == ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI1.5", "UCL"]
 
-    d = load_datalist(out, "ISBI")
+    d = read_datalist(out, "prostate", "ISBI")
     meta = d["metadata"]
     assert meta["site"] == "ISBI" and meta["dataset"] == "prostate" and meta["synthetic"] is False
     assert meta["label_channels"] == ["prostate"] and meta["num_volumes"] == 4
@@ -52,10 +47,10 @@ def test_all_six_sites_output_contract(prostate_release, tmp_path):
 
 @pytest.mark.parametrize("folder,suffix", [("ISBI_1.5", "Segmentation"), ("ISBI1.5", "Segmentation"),
                                            ("ISBI1.5", "segmentation"), ("BMC", "Segmentation")])
-def test_isbi15_folder_and_segmentation_spellings(prostate_release, tmp_path, folder, suffix):
+def test_isbi15_folder_and_segmentation_spellings(prostate_release, tmp_path, folder, suffix, read_datalist):
     src = prostate_release({folder: 2}, seg_suffix={folder: suffix})
     prepare_dataset("prostate", src, tmp_path / "out", ["ISBI1.5"])
-    d = load_datalist(tmp_path / "out", "ISBI1.5")
+    d = read_datalist(tmp_path / "out", "prostate", "ISBI1.5")
     assert d["metadata"]["site"] == "ISBI1.5" and d["metadata"]["num_volumes"] == 2
     assert d["metadata"]["volumes"]["Case01"]["source"] == f"{folder}/Case01.nii.gz"
 
@@ -67,12 +62,11 @@ def test_uppercase_segmentation_on_any_site(prostate_release, tmp_path):
 
 def test_site_folder_problems(prostate_release, tmp_path):
     src = prostate_release({"HK": 1})
-    with pytest.raises(DataError, match="no folder for prostate site UCL"):
+    with pytest.raises(DataError, match="expected one folder for site UCL named UCL, found no folder") as err:
         prepare_dataset("prostate", src, tmp_path / "out", ["UCL"])
-    with pytest.raises(DataError, match="unknown prostate site 'XYZ'"):
-        prepare_dataset("prostate", src, tmp_path / "out", ["XYZ"])
+    assert err.value.source == str(src) and err.value.site == "UCL" and err.value.case is None
     src2 = prostate_release({"ISBI_1.5": 1, "ISBI1.5": 1}, root_name="two")
-    with pytest.raises(DataError, match="several folders"):
+    with pytest.raises(DataError, match=r"named ISBI1.5 or ISBI_1.5 or BMC, found 2 folders \(ISBI1.5, ISBI_1.5\)"):
         prepare_dataset("prostate", src2, tmp_path / "out", ["ISBI1.5"])
     with pytest.raises(DataError, match="release folder not found"):
         prepare_dataset("prostate", tmp_path / "missing", tmp_path / "out")

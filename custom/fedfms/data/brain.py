@@ -9,7 +9,7 @@ Expected layout under SRC (the unpacked MICCAI_FeTS2022_TrainingData folder)::
 
 Sites are partitions of ``partitioning_1.csv`` (``--brain-partitioning`` picks another CSV); the paper's
 are 1, 6, 18, 21, written as sites ``partition_1`` ... (``--sites 1 6`` or ``--sites partition_1`` both
-work). The image is T1ce. Target (``--brain-target``): ``et`` = enhancing tumor, label 4 (the paper's
+work; any partition of the CSV can be chosen). The image is T1ce. Target (``--brain-target``): ``et`` = enhancing tumor, label 4 (the paper's
 choice, default); ``tc`` = labels {1, 4}, tumor core (the reference code's choice). Slices are axial
 (axis 2). ``--brain-slices all`` (default) keeps every slice; ``reference`` keeps slices with target
 foreground plus every 5th slice (index % 5 == 0) without, as the reference code does. The reference's
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedfms.data.preparation import Case, DataError, Preparer, broken_case, load_volume_pair, register
@@ -55,7 +55,6 @@ def read_partitioning(csv_path: Path) -> dict[str, list[str]]:
 class BrainPreparer(Preparer):
     name = "brain"
     sites = tuple(SITE_PREFIX + p for p in DEFAULT_PARTITIONS)
-    label_channels = ("ET",)
     source_release = "FeTS 2022 challenge training data (BraTS 2021), T1ce"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -66,25 +65,21 @@ class BrainPreparer(Preparer):
         parser.add_argument("--brain-partitioning", dest="partitioning", default="partitioning_1.csv",
                             help="partitioning CSV, relative to SRC or absolute (default: partitioning_1.csv)")
 
-    def resolve_sites(self, sites: Iterable[str] | None) -> list[str]:
-        """Accept partition numbers ("6") as well as site names ("partition_6")."""
-        if sites is None:
-            return list(self.sites)
-        return [s if str(s).startswith(SITE_PREFIX) else SITE_PREFIX + str(s) for s in sites]
+    def available_sites(self, src: Path, partitioning: str = "partitioning_1.csv", **options) -> tuple[str, ...]:
+        """Every partition of the partitioning CSV, as ``partition_N`` (numeric order)."""
+        return tuple(SITE_PREFIX + p for p in sorted(read_partitioning(_csv_path(src, partitioning)), key=_as_int))
+
+    def site_aliases(self, site: str) -> tuple[str, ...]:
+        """A partition number alone ("6") names the site too."""
+        return (site.removeprefix(SITE_PREFIX),)
 
     def iter_cases(self, src: Path, site: str, target: str = "et", slices: str = "all",
                    partitioning: str = "partitioning_1.csv") -> Iterator[Case]:
         if target not in TARGETS or slices not in SLICE_SELECTIONS:
             raise ValueError(f"target must be one of {sorted(TARGETS)}, slices one of {sorted(SLICE_SELECTIONS)}")
         label_map, stride = TARGETS[target], SLICE_SELECTIONS[slices]
-        csv_path = Path(partitioning) if Path(partitioning).is_absolute() else src / partitioning
-        if not csv_path.is_file():
-            raise DataError(csv_path, "partitioning CSV not found (FeTS 2022 ships partitioning_1.csv in its root)")
-        partition = site.removeprefix(SITE_PREFIX)
-        subjects = read_partitioning(csv_path)
-        if partition not in subjects:
-            raise DataError(csv_path, f"no partition {partition!r}; partitions are {sorted(subjects, key=_as_int)}")
-        for subject in sorted(subjects[partition]):
+        csv_path = _csv_path(src, partitioning)
+        for subject in sorted(read_partitioning(csv_path)[site.removeprefix(SITE_PREFIX)]):
             image, label = src / subject / f"{subject}_t1ce.nii.gz", src / subject / f"{subject}_seg.nii.gz"
             if not (src / subject).is_dir():
                 yield broken_case(subject, src / subject, f"subject folder listed in {csv_path.name} not found", label_map)
@@ -95,6 +90,14 @@ class BrainPreparer(Preparer):
             else:
                 yield Case(subject, str(image), str(label), lambda i=image, l=label: load_volume_pair(i, l),
                            label_map, empty_slice_stride=stride)
+
+
+def _csv_path(src: Path, partitioning: str) -> Path:
+    """The partitioning CSV (relative to SRC or absolute); DataError if it does not exist."""
+    csv_path = Path(partitioning) if Path(partitioning).is_absolute() else Path(src) / partitioning
+    if not csv_path.is_file():
+        raise DataError(csv_path, "partitioning CSV not found (FeTS 2022 ships partitioning_1.csv in its root)")
+    return csv_path
 
 
 def _as_int(value: str) -> tuple[int, str]:

@@ -13,8 +13,9 @@ case-insensitively; a site folder may contain the release's own top folder):
   site folder, each holding one 2D array with the same values (e.g. ``Semi-automatic/``).
 - ``G1020/``: ``Images/*.jpg`` (the per-image ``*.json`` polygons next to them are not needed) with
   ``Masks/<stem>.png``, values as ORIGA. Some G1020 images have no cup annotation (mask without
-  value 2): they are left out by default (``--g1020-missing-cup skip``); ``empty`` keeps them with an
-  empty OC channel, as the reference code does.
+  value 2): they are left out by default (``--g1020-missing-cup skip``) and listed with the reason
+  in the summary and in ``metadata.skipped``; ``empty`` keeps them with an empty OC channel, as the
+  reference code does.
 - ``Drishti-GS1/``: ``Drishti-GS1_files/{Training,Test}/Images/*.png`` with per-image expert soft maps
   ``.../<stem>/SoftMap/<stem>_ODsegSoftmap.png`` and ``<stem>_cupsegSoftmap.png`` (``Training/GT/`` and
   ``Test/Test_GT/``). Grey value = fraction of the experts marking the pixel; foreground is value
@@ -34,7 +35,6 @@ about 10x smaller; the bundles still resize every sample to the model input.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -44,19 +44,20 @@ from PIL import Image
 
 from fedfms.data.preparation import (
     Case,
+    CaseExcluded,
     DataError,
     Preparer,
     RawCase,
     broken_case,
+    find_files,
     load_mask,
     load_rgb,
     pair_by_stem,
     read_error,
     register,
+    site_folder,
 )
 from fedfms.transforms.labels import LabelMap
-
-log = logging.getLogger(__name__)
 
 # Canonical index map every release is decoded into (0 background, 1 disc outside the cup, 2 cup).
 _DISC, _CUP = (1, 2), (2,)
@@ -80,23 +81,9 @@ SITE_FOLDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def site_root(src: Path, site: str) -> Path:
-    """The folder of ``site`` under ``src`` (names in SITE_FOLDERS, case-insensitive)."""
-    wanted = {name.lower() for name in SITE_FOLDERS[site]}
-    found = sorted(p for p in Path(src).iterdir() if p.is_dir() and p.name.lower() in wanted)
-    if len(found) != 1:
-        what = "no folder" if not found else f"{len(found)} folders ({', '.join(p.name for p in found)})"
-        raise DataError(src, f"expected one {site} folder named one of {list(SITE_FOLDERS[site])}, found {what}")
-    return found[0]
-
-
 def _find_dir(root: Path, name: str) -> list[Path]:
     """Folders called ``name`` (case-insensitive) at or below ``root``, sorted."""
     return sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name.lower() == name.lower())
-
-
-def _files(folder: Path, *suffixes: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -144,11 +131,17 @@ def _load(
     read_mask: Callable[[], np.ndarray],
     mask_source: Path,
     max_size: int,
+    require_cup: bool = False,
 ) -> RawCase:
+    """Image and index map of one case, scaled to max_size. require_cup: leave the case out (CaseExcluded)
+    if its mask has no cup (G1020 images whose cup was not annotated)."""
     image = load_rgb(image_path)
     index = read_mask()
     if index.shape != image.shape[:2]:
         raise DataError(mask_source, f"mask shape {index.shape} differs from image {image_path.name} shape {image.shape[:2]}")
+    if require_cup and not (index == 2).any():
+        raise CaseExcluded(mask_source, "no cup annotation (mask without value 2): left out by --g1020-missing-cup "
+                                        "skip (default); 'empty' keeps it with an empty OC channel")
     image, index = _shrink(image, index, max_size)
     return RawCase(image, index)
 
@@ -159,9 +152,8 @@ Layout = tuple[list[tuple[str, Path, Path | None, str | None]], Callable[[Path],
 
 
 def _refuge(root: Path) -> Layout:
-    images = [p for p in root.rglob("*") if p.suffix.lower() == ".jpg"]
-    masks = [p for p in root.rglob("*") if p.suffix.lower() == ".bmp"]
-    return pair_by_stem(images, masks), lambda p: _decode(load_mask(p), _REFUGE_MASK, p)
+    pairs = pair_by_stem(find_files(root, ".jpg"), find_files(root, ".bmp"))
+    return pairs, lambda p: _decode(load_mask(p), _REFUGE_MASK, p)
 
 
 def _indexed(root: Path, site: str) -> Layout:
@@ -169,18 +161,18 @@ def _indexed(root: Path, site: str) -> Layout:
     image_dirs = _find_dir(root, "Images")
     if len(image_dirs) != 1:
         raise DataError(root, f"expected one Images folder in the {site} release, found {len(image_dirs)}")
-    masks = [p for d in _find_dir(root, "Masks") for p in _files(d, ".png")]
+    masks = [p for d in _find_dir(root, "Masks") for p in find_files(d, ".png", recursive=False)]
     if not masks:  # releases without PNG masks ship MATLAB annotations
-        masks = [p for p in root.rglob("*") if p.suffix.lower() == ".mat"]
+        masks = find_files(root, ".mat")
 
     def read(p: Path) -> np.ndarray:
         return _decode(_read_mat(p) if p.suffix.lower() == ".mat" else load_mask(p), _INDEX_MASK, p)
 
-    return pair_by_stem(_files(image_dirs[0], ".jpg", ".jpeg", ".png"), masks), read
+    return pair_by_stem(find_files(image_dirs[0], ".jpg", ".jpeg", ".png", recursive=False), masks), read
 
 
 def _drishti(root: Path, threshold: int) -> Layout:
-    images = [p for d in _find_dir(root, "Images") for p in _files(d, ".png")]
+    images = [p for d in _find_dir(root, "Images") for p in find_files(d, ".png", recursive=False)]
 
     def read(od_path: Path) -> np.ndarray:
         cup_path = od_path.with_name(od_path.name.replace("_ODsegSoftmap", "_cupsegSoftmap"))
@@ -200,8 +192,10 @@ class FundusPreparer(Preparer):
 
     name = "fundus"
     sites = ("REFUGE", "ORIGA", "G1020", "Drishti-GS1")
-    label_channels = ("OD", "OC")
     source_release = "REFUGE (2018), ORIGA, G1020 (2020), Drishti-GS1 (2014)"
+
+    def site_aliases(self, site: str) -> tuple[str, ...]:
+        return SITE_FOLDERS[site]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--od", dest="od", choices=sorted(OD_CONVENTIONS), default="disc",
@@ -223,13 +217,11 @@ class FundusPreparer(Preparer):
         g1020_missing_cup: str = "skip",
     ) -> Iterator[Case]:
         """Yield one case per image of ``site``; the label is the index map read by OD_CONVENTIONS[od]."""
-        if site not in SITE_FOLDERS:
-            raise DataError(src, f"unknown fundus site {site!r}; expected one of {list(SITE_FOLDERS)}")
         if od not in OD_CONVENTIONS:
             raise ValueError(f"unknown OD convention {od!r}; expected one of {sorted(OD_CONVENTIONS)}")
         if max_size < 0 or not 1 <= drishti_threshold <= 255:
             raise ValueError("max_size must be >= 0 and drishti_threshold in 1..255")
-        root = site_root(Path(src), site)
+        root = site_folder(Path(src), SITE_FOLDERS[site], site)
         pairs, read = {
             "REFUGE": lambda: _refuge(root),
             "ORIGA": lambda: _indexed(root, site),
@@ -237,23 +229,13 @@ class FundusPreparer(Preparer):
             "Drishti-GS1": lambda: _drishti(root, drishti_threshold),
         }[site]()
         label_map = OD_CONVENTIONS[od]
-        skipped = []
+        require_cup = site == "G1020" and g1020_missing_cup == "skip"
         for stem, image_path, mask_path, problem in pairs:
             if mask_path is None:
                 yield broken_case(stem, image_path, problem, label_map)
-                continue
-            if site == "G1020" and g1020_missing_cup == "skip":
-                try:  # deciding needs the mask; a bad one becomes a bad case rather than stopping the listing
-                    if not (read(mask_path) == 2).any():
-                        skipped.append(stem)
-                        continue
-                except DataError as exc:
-                    yield broken_case(stem, exc.source, exc.problem, label_map)
-                    continue
-            load = partial(_load, image_path, partial(read, mask_path), mask_path, max_size)
-            yield Case(stem, str(image_path), str(mask_path), load, label_map)
-        if skipped:
-            log.info("G1020: left out %d images without a cup annotation: %s", len(skipped), ", ".join(skipped))
+            else:
+                load = partial(_load, image_path, partial(read, mask_path), mask_path, max_size, require_cup)
+                yield Case(stem, str(image_path), str(mask_path), load, label_map)
 
 
 register(FundusPreparer())

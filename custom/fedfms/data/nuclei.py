@@ -40,11 +40,13 @@ from fedfms.data.preparation import (
     Preparer,
     RawCase,
     broken_case,
+    find_files,
     load_mask,
     load_rgb,
     pair_by_stem,
     read_error,
     register,
+    site_folder,
 )
 from fedfms.transforms.labels import LabelMap
 
@@ -61,15 +63,6 @@ PANNUKE_FOLDS: dict[str, dict[str, tuple[int, ...]] | None] = {
 _INSTANCES = LabelMap({"nuclei": None}, require_foreground=False)  # background-only patches exist
 _TNBC = LabelMap({"nuclei": (255,)}, allowed=(0, 255))
 _BINARY = LabelMap({"nuclei": (1,)}, allowed=(0, 1))
-
-
-def _site_root(src: Path, site: str) -> Path:
-    """The release folder of ``site`` under ``src`` (SITE_FOLDERS, case-insensitive)."""
-    wanted = SITE_FOLDERS[site].lower()
-    found = [p for p in sorted(Path(src).iterdir()) if p.is_dir() and p.name.lower() == wanted]
-    if len(found) != 1:
-        raise DataError(src, f"expected one {SITE_FOLDERS[site]} folder for site {site}, found {len(found)}")
-    return found[0]
 
 
 # -------------------------------------------------------------------------------------------- PanNuke
@@ -170,14 +163,10 @@ def _paired(
                        group=group(image_path))
 
 
-def _suffixed(root: Path, *suffixes: str) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-
-
 def _monusac(root: Path) -> Iterator[Case]:
-    images, labels = _suffixed(root, ".tif", ".tiff"), _suffixed(root, ".xml")
+    images, labels = find_files(root, ".tif", ".tiff"), find_files(root, ".xml")
     tif_stems = {p.stem for p in images}
-    for svs in _suffixed(root, ".svs"):  # the reader uses the .tif the release ships next to each .svs
+    for svs in find_files(root, ".svs"):  # the reader uses the .tif the release ships next to each .svs
         if svs.stem not in tif_stems:
             yield broken_case(svs.stem, svs, f"no {svs.stem}.tif next to it (the release ships both; the .tif is read)", _BINARY)
             labels = [p for p in labels if p.stem != svs.stem]
@@ -186,7 +175,7 @@ def _monusac(root: Path) -> Iterator[Case]:
 
 
 def _monuseg(root: Path) -> Iterator[Case]:
-    pairs = pair_by_stem(_suffixed(root, ".tif", ".tiff"), _suffixed(root, ".xml"))
+    pairs = pair_by_stem(find_files(root, ".tif", ".tiff"), find_files(root, ".xml"))
     yield from _paired(pairs, _polygon_case, _BINARY, group=lambda p: "-".join(p.stem.split("-")[:3]))
 
 
@@ -199,8 +188,8 @@ def _tnbc(root: Path) -> Iterator[Case]:
     if not slides:
         raise DataError(root, "no TNBC Slide_XX folder found")
     for number in sorted(set(slides) | set(gts)):
-        images = _suffixed(slides[number], ".png") if number in slides else []
-        masks = _suffixed(gts[number], ".png") if number in gts else []
+        images = find_files(slides[number], ".png") if number in slides else []
+        masks = find_files(gts[number], ".png") if number in gts else []
         yield from _paired(pair_by_stem(images, masks), _mask_case, _TNBC, group=lambda p: p.parent.name)
 
 
@@ -209,7 +198,6 @@ class NucleiPreparer(Preparer):
 
     name = "nuclei"
     sites = (*PANNUKE_SITES, "MoNuSAC", "TNBC", "MoNuSeg")
-    label_channels = ("nuclei",)
     source_release = "PanNuke (2020), MoNuSAC (2020), TNBC (Naylor et al. 2018), MoNuSeg (2018)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -219,9 +207,7 @@ class NucleiPreparer(Preparer):
 
     def iter_cases(self, src: Path, site: str, pannuke_folds: str = "all") -> Iterator[Case]:
         """Yield one case per image (PanNuke: per patch) of ``site``; label = nuclei vs background."""
-        if site not in SITE_FOLDERS:
-            raise DataError(src, f"unknown nuclei site {site!r}; expected one of {list(SITE_FOLDERS)}")
-        root = _site_root(Path(src), site)
+        root = site_folder(Path(src), (SITE_FOLDERS[site],), site)
         if site in PANNUKE_SITES:
             yield from _pannuke(root, site, pannuke_folds)
         else:

@@ -9,10 +9,14 @@ release's label values into binary channels. Everything else (validation, normal
 How to add a dataset
 --------------------
 1. Create ``custom/fedfms/data/<name>.py`` with a subclass of :class:`Preparer` that sets ``name``,
-   ``sites`` (default site names, in order), ``label_channels`` and ``source_release``, and implements
+   ``sites`` (default site names, in order) and ``source_release``, and implements
    ``iter_cases(src, site, **options)``. Yield one :class:`Case` per volume (3D releases) or per image
    (2D releases); set ``group`` to the patient id when several cases belong to one patient, so the
-   train/validation split never separates them.
+   train/validation split never separates them. The label channel names come from the cases'
+   :class:`LabelMap`. ``iter_cases`` only ever gets a site from :meth:`Preparer.resolve_sites`, which
+   rejects unknown names for every dataset; override ``available_sites`` when the release defines its
+   sites (FeTS partitions) and ``site_aliases`` for other accepted spellings (release folder names).
+   :func:`site_folder` and :func:`find_files` find a site's folder and its files.
 2. Loading: return ``RawCase(image, label, affine=..., slice_axis=...)``:
    3D volume: image (X, Y, Z) any real dtype, label same shape, ``slice_axis`` = depth axis (e.g. 2);
    2D image: image (H, W, 3) or (H, W) uint8, label (H, W), ``slice_axis=None``.
@@ -20,6 +24,8 @@ How to add a dataset
    the file. Do not validate shapes, NaNs or label values yourself: the writer does it for every case.
 3. A problem found while listing files (an image without label, ...) is reported by yielding
    ``broken_case(case_id, source, problem)``, so ``--skip-bad`` treats it like any other bad case.
+   A case that an option deliberately leaves out raises :class:`CaseExcluded` from its loader: it is
+   skipped and listed with the reason even without ``--skip-bad``.
 4. Dataset-specific command-line options: override ``add_arguments(parser)``; every option it adds is
    passed to ``iter_cases`` as a keyword (argparse ``dest``).
 5. Register at import time: ``register(MyPreparer())`` at module level. Every module of the package
@@ -34,7 +40,7 @@ import argparse
 import importlib
 import logging
 import pkgutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +52,29 @@ logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
-    """A problem with one input file; the message starts with the file it concerns."""
+    """A problem with one input file; the message starts with the file it concerns.
+
+    The writer adds where it happened: ``site`` (the site being prepared) and ``case`` (the case id, or
+    None for a problem with the site as a whole, e.g. a missing folder).
+    """
 
     def __init__(self, source: str | Path, problem: str) -> None:
         super().__init__(f"{source}: {problem}")
         self.source, self.problem = str(source), problem
+        self.site: str | None = None
+        self.case: str | None = None
+
+
+class CaseExcluded(DataError):
+    """Raised by a case loader for a case that the chosen options leave out (not an error).
+
+    The writer always skips such a case, with or without ``--skip-bad``, and lists it with ``problem``
+    as the reason (in the summary and in ``metadata.skipped``), so the user sees what was dropped.
+    """
+
+
+class SiteError(ValueError):
+    """A requested site name that the dataset does not have (a usage error, raised before any writing)."""
 
 
 @dataclass
@@ -101,7 +125,6 @@ class Preparer(abc.ABC):
 
     name: str
     sites: tuple[str, ...]
-    label_channels: tuple[str, ...]
     source_release: str
 
     @abc.abstractmethod
@@ -111,11 +134,30 @@ class Preparer(abc.ABC):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add dataset-specific command-line options (their dest names become iter_cases keywords)."""
 
-    def resolve_sites(self, sites: Iterable[str] | None) -> list[str]:
-        """Site names to prepare: the given ones or the defaults (override to accept aliases)."""
-        if sites is None:
-            return list(self.sites)
-        return [str(s) for s in sites]
+    def available_sites(self, src: Path, **options) -> tuple[str, ...]:
+        """Every site name this release offers (default: ``sites``; override when the files define them)."""
+        return self.sites
+
+    def site_aliases(self, site: str) -> tuple[str, ...]:
+        """Other names accepted for ``site`` in ``--sites`` (e.g. the release's folder names)."""
+        return ()
+
+    def resolve_sites(self, sites: Iterable[str] | None, src: Path, options: dict | None = None) -> list[str]:
+        """Requested site names (None: the defaults ``sites``) -> canonical names, in order, without repeats.
+
+        Names and aliases match case-insensitively. Raises SiteError listing the available sites if any
+        requested (or default) site does not exist, so a typo fails before anything is written.
+        """
+        available = self.available_sites(src, **(options or {}))
+        lookup: dict[str, str] = {}
+        for site in available:
+            for name in (site, *self.site_aliases(site)):
+                lookup.setdefault(name.lower(), site)
+        wanted = [str(s) for s in (self.sites if sites is None else sites)]
+        unknown = [s for s in wanted if s.lower() not in lookup]
+        if unknown:
+            raise SiteError(f"unknown {self.name} site(s) {unknown}; available: {', '.join(available)}")
+        return list(dict.fromkeys(lookup[s.lower()] for s in wanted))
 
 
 _REGISTRY: dict[str, Preparer] = {}
@@ -168,6 +210,26 @@ def get_preparer(name: str) -> Preparer:
 def read_error(path: str | Path, exc: BaseException) -> DataError:
     """DataError for a file that could not be read (corrupted, truncated, wrong format)."""
     return DataError(path, f"unreadable or corrupted file ({type(exc).__name__}: {exc})")
+
+
+def site_folder(src: Path, names: Sequence[str], site: str) -> Path:
+    """The one folder directly under ``src`` named any of ``names`` (case-insensitive) holding ``site``.
+
+    Raises DataError on ``src`` if there is none or more than one.
+    """
+    wanted = {name.lower() for name in names}
+    found = sorted(p for p in Path(src).iterdir() if p.is_dir() and p.name.lower() in wanted)
+    if len(found) != 1:
+        what = "no folder" if not found else f"{len(found)} folders ({', '.join(p.name for p in found)})"
+        raise DataError(src, f"expected one folder for site {site} named {' or '.join(names)}, found {what}")
+    return found[0]
+
+
+def find_files(root: Path, *suffixes: str, recursive: bool = True) -> list[Path]:
+    """Files under ``root`` (all levels, or only directly in it) whose suffix is one of ``suffixes``
+    (case-insensitive, e.g. ".tif"), sorted."""
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -7,9 +7,10 @@ Expected layout under SRC (one folder per site; each case a T2 volume and its se
 
 Segmentations are named ``CaseNN_segmentation.nii.gz`` or ``CaseNN_Segmentation.nii.gz`` (.nii also
 accepted). Copies of the release that use the original centre names are accepted too: RUNMC for ISBI,
-BMC for ISBI1.5, HCRUDB for I2CVB. Label values are {0, 1, 2} (some sites split the gland into two
-zones); label > 0 is the prostate. Volumes are sliced along their last (depth) axis and every slice is
-kept. Site names in the output are BIDMC, HK, I2CVB, ISBI, ISBI1.5, UCL.
+BMC for ISBI1.5, HCRUDB for I2CVB (folder names match case-insensitively; any of them works in
+``--sites``). Label values are {0, 1, 2} (some sites split the gland into two zones); label > 0 is the
+prostate. Volumes are sliced along their last (depth) axis and every slice is kept. Site names in the
+output are BIDMC, HK, I2CVB, ISBI, ISBI1.5, UCL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from fedfms.data.preparation import Case, DataError, Preparer, broken_case, load_volume_pair, register
+from fedfms.data.preparation import Case, Preparer, broken_case, load_volume_pair, register, site_folder
 from fedfms.transforms.labels import LabelMap
 
 SITE_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -34,27 +35,18 @@ _IMAGE = re.compile(r"^(Case\d+)\.nii(\.gz)?$")
 _LABEL = re.compile(r"^(Case\d+)_[sS]egmentation\.nii(\.gz)?$")
 
 
-def find_site_folder(src: Path, site: str) -> Path:
-    """The folder holding ``site`` under SRC (any accepted spelling); DataError if none or several."""
-    if site not in SITE_FOLDERS:
-        raise DataError(src, f"unknown prostate site {site!r}; expected one of {list(SITE_FOLDERS)}")
-    found = [src / name for name in SITE_FOLDERS[site] if (src / name).is_dir()]
-    if len(found) != 1:
-        problem = "no folder" if not found else f"several folders {[p.name for p in found]}"
-        raise DataError(src, f"{problem} for prostate site {site} (looked for {' or '.join(SITE_FOLDERS[site])})")
-    return found[0]
-
-
 class ProstatePreparer(Preparer):
     name = "prostate"
     sites = tuple(SITE_FOLDERS)
-    label_channels = ("prostate",)
     source_release = "Multi-site prostate MRI (Liu et al., MS-Net/SAML release)"
+
+    def site_aliases(self, site: str) -> tuple[str, ...]:
+        return SITE_FOLDERS[site]
 
     def iter_cases(self, src: Path, site: str, **options) -> Iterator[Case]:
         if options:
             raise TypeError(f"prostate takes no options, got {sorted(options)}")
-        folder = find_site_folder(src, site)
+        folder = site_folder(src, SITE_FOLDERS[site], site)
         images, labels = {}, {}
         for path in sorted(folder.iterdir()):
             if m := _IMAGE.match(path.name):
@@ -78,4 +70,4 @@ class ProstatePreparer(Preparer):
 
 register(ProstatePreparer())
 
-__all__ = ["LABEL_MAP", "SITE_FOLDERS", "ProstatePreparer", "find_site_folder"]
+__all__ = ["LABEL_MAP", "SITE_FOLDERS", "ProstatePreparer"]

@@ -15,19 +15,21 @@ re-running gives byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from fedfms.data.preparation import Case, DataError, Preparer, RawCase, get_preparer, read_error
+from fedfms.data.preparation import Case, CaseExcluded, DataError, Preparer, RawCase, get_preparer, read_error
 from fedfms.transforms.labels import LabelToChannelsd
 from fedfms.transforms.volume import SliceVolumed, volume_percentile_normalize
 
@@ -173,7 +175,9 @@ def prepare_site(
 ) -> SiteSummary:
     """Prepare one site into ``out/<dataset>/<site>`` (see module docstring). Returns its summary.
 
-    Without ``skip_bad`` the first bad case raises DataError and nothing is written for the site.
+    ``site`` is a canonical name (see Preparer.resolve_sites). Without ``skip_bad`` the first bad case
+    raises DataError (with ``case`` set) and nothing is written for the site; cases left out by an
+    option (CaseExcluded) are always skipped and listed in ``metadata.skipped``.
     """
     src, out = Path(src), Path(out)
     cases = list(preparer.iter_cases(src, site, **(options or {})))
@@ -198,9 +202,10 @@ def prepare_site(
             try:
                 samples, meta = process_case(case)
             except DataError as exc:
-                if not skip_bad:
+                exc.case = case.case_id
+                if not (skip_bad or isinstance(exc, CaseExcluded)):
                     raise
-                logger.warning("skipping %s", exc)
+                logger.info("skipping %s/%s: %s", site, case.case_id, exc)
                 skipped.append({"case": case.case_id, "source": _rel(exc.source, src), "problem": exc.problem})
                 continue
             volumes[case.case_id] = {"source": _rel(case.image_source, src), **meta}
@@ -267,24 +272,48 @@ def prepare_dataset(
     source_release: str | None = None,
     options: dict | None = None,
 ) -> list[SiteSummary]:
-    """Prepare the given (default: all) sites of a registered dataset, then rewrite dataset.json.
+    """Prepare the given (default: all) sites of a registered dataset; dataset.json is rewritten after each.
 
-    Sites are done in order; if one fails, the sites completed before it stay written (each is complete
-    on its own), the failing and later ones are untouched, and the error propagates.
+    Site names are checked first (SiteError before anything is written). Sites are done in order; if
+    one fails, the sites completed before it stay written (each is complete on its own), the failing
+    and later ones are untouched, and the error propagates (a DataError carries the failing ``site``).
     """
     preparer = get_preparer(name)
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise DataError(src, "release folder not found")
     summaries = []
-    try:
-        for site in tqdm(preparer.resolve_sites(sites), desc=name, unit="site"):
+    for site in tqdm(preparer.resolve_sites(sites, src, options), desc=name, unit="site"):
+        try:
             summaries.append(prepare_site(preparer, src, out, site, seed=seed, skip_bad=skip_bad,
                                           synthetic=synthetic, source_release=source_release, options=options))
-    finally:
-        if (out / name).is_dir():
-            write_dataset_index(out / name)
+        except DataError as exc:
+            exc.site = site
+            raise
+        finally:  # after every site, so the index matches the site folders even if a later site is killed
+            if (out / name).is_dir():
+                write_dataset_index(out / name)
     return summaries
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM / SIGHUP into SystemExit while the block runs (main thread only).
+
+    Python's default action for these signals ends the process at once, skipping the cleanup that
+    removes a half-written temporary site folder; as an exception, they run it like Ctrl-C does.
+    """
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, exit_) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def format_summary(dataset: str, summaries: Sequence[SiteSummary]) -> str:
