@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.case is not None:
             print("fix or remove the file, or rerun with --skip-bad to skip bad cases and list them", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the unfinished site was not written (sites finished before it are complete)", file=sys.stderr)
+        return 130
     print(format_summary(args.dataset, summaries))
     print(f"wrote {args.out / args.dataset}/dataset.json")
     return 0
