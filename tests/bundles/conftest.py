@@ -67,11 +67,17 @@ def _readme_blocks(bundle: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def readme_command():
-    """readme_command(bundle, heading, env, extra): run that README block (bash, from the repository
-    root, the project's python first on PATH) with `extra` arguments appended to its last command."""
+    """readme_command(bundle, heading, env, extra, replace): run that README block (bash, from the
+    repository root, the project's python first on PATH) with `extra` arguments appended to its last
+    command and the `replace` substitutions applied."""
 
-    def run(bundle: str, heading: str, env: dict[str, str], extra: list[str] = ()) -> subprocess.CompletedProcess:
+    def run(
+        bundle: str, heading: str, env: dict[str, str], extra: list[str] = (), replace: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         command = _readme_blocks(bundle)[heading]
+        for old, new in (replace or {}).items():  # e.g. the paper's image size in a README line -> the test's
+            assert old in command, f"{bundle} README '{heading}' no longer contains {old!r}"
+            command = command.replace(old, new)
         full_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         result = subprocess.run(
             ["bash", "-c", command + " " + " ".join(extra)], cwd=REPO, env=full_env, capture_output=True, text=True,

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
 from fedfms.networks import CheckpointError, load_partial_state, transmitted_keys
@@ -79,16 +81,38 @@ class PartialCheckpointLoader:
         load_trained_weights(self.network, self.load_path, self.key)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's CheckpointSaver, but every file is written to a temporary file and moved into place.
+class _ReplacingDiskSaver(DiskSaver):
+    """Saves under one fixed file name through a temporary file + os.replace. Removing the previous
+    version is a no-op: ignite removes the old file before writing the new one, which would leave no
+    model at all if the write then failed, and os.replace already overwrites it atomically."""
 
-    MONAI builds its savers with ignite's DiskSaver(atomic=False) because atomic files once lacked
-    group/other read permission; ignite 0.5 restores those bits after the move, so atomic mode is safe
-    and a crash mid-save can no longer leave a truncated model.pt / model_final.pt.
+    def __init__(self, dirname: str, filename: str) -> None:
+        super().__init__(dirname=dirname, atomic=True, require_empty=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        pass
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's CheckpointSaver whose model.pt / model_final.pt are replaced atomically: readers see the
+    previous file or the new one, never a truncated or missing file.
+
+    MONAI builds its savers with ignite's DiskSaver(atomic=False) (atomic files once lacked group/other
+    read permission; ignite 0.5 restores those bits) and ignite deletes a fixed-name file before
+    rewriting it; here both fixed-name savers are swapped for _ReplacingDiskSaver.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
+            if checkpoint is None:
+                continue
+            fixed = getattr(checkpoint.save_handler, "filename", None)
+            if fixed is not None:
+                checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, fixed)
+            else:
                 checkpoint.save_handler._atomic = True
