@@ -26,7 +26,9 @@ def test_prepare_data_runs_and_reports(prostate_release, fets_release, tmp_path,
                                        read_datalist):
     src = prostate_release({"HK": 2, "UCL": 2})
     assert prepare_data_cli("prostate", "--src", src, "--out", tmp_path / "out", "--sites", "HK", "ucl") == 0
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    assert "prostate/HK:" in printed.err and "prostate/UCL:" in printed.err  # a progress bar per site
+    lines = printed.out.splitlines()
     assert lines[1].split() == ["site", "volumes", "samples", "train", "val", "skipped"]
     assert [line.split()[0] for line in lines[2:5]] == ["HK", "UCL", "total"]
     assert read_datalist(tmp_path / "out", "prostate", "UCL")["metadata"]["site"] == "UCL"
@@ -57,6 +59,19 @@ def test_prepare_data_bad_input_exit_codes(prostate_release, tmp_path, capsys, p
     assert prepare_data_cli("prostate", "--src", src, "--out", tmp_path / "o2", "--sites", "HK", "XYZ") == 2
     assert "unknown prostate site(s) ['XYZ']; available: BIDMC, HK" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fundus", "--max-size", "-1"], "expected an integer >= 0, got -1"),
+    (["fundus", "--drishti-threshold", "300"], "expected an integer in 1..255, got 300"),
+    (["nuclei", "--pannuke-folds", "two"], "fold numbers like '2,3', got 'two'"),
+    (["brain", "--brain-target", "wt"], "invalid choice: 'wt'"),
+])
+def test_bad_option_values_are_usage_errors(tmp_path, capsys, prepare_data_cli, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        prepare_data_cli(argv[0], "--src", tmp_path, "--out", tmp_path / "out", *argv[1:])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_make_demo_data_help(load_tool, capsys):

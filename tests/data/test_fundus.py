@@ -124,11 +124,14 @@ def labels_of(site_dir: Path) -> dict[str, np.ndarray]:
     return {e["volume"]: np.load(site_dir / e["label"]) for e in datalist["test"]}
 
 
-def test_cli_prepares_all_four_sites(tmp_path, prepare_data_cli, capsys):
+def test_cli_prepares_all_four_sites(tmp_path, prepare_data_cli, capsys, digest):
     truth = {site: make(tmp_path / "src") for site, make in MAKERS.items()}
     out = tmp_path / "out"
     assert prepare_data_cli("fundus", "--src", str(tmp_path / "src"), "--out", str(out)) == 0
     printed = capsys.readouterr().out
+    first = digest(out)
+    assert prepare_data_cli("fundus", "--src", str(tmp_path / "src"), "--out", str(out)) == 0
+    assert digest(out) == first  # re-running is idempotent (2D releases too)
     index = json.loads((out / "fundus" / "dataset.json").read_text())
     # G1020 image_2 has no cup annotation and is left out by default
     expected = {"REFUGE": 5, "ORIGA": 3, "G1020": 3, "Drishti-GS1": 3}

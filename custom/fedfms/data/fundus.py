@@ -50,6 +50,7 @@ from fedfms.data.preparation import (
     RawCase,
     broken_case,
     find_files,
+    int_in_range,
     load_mask,
     load_rgb,
     pair_by_stem,
@@ -200,9 +201,9 @@ class FundusPreparer(Preparer):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--od", dest="od", choices=sorted(OD_CONVENTIONS), default="disc",
                             help="OD channel: 'disc' = whole optic disc (paper, default); 'rim' = disc minus cup (reference code)")
-        parser.add_argument("--max-size", dest="max_size", type=int, default=1024,
+        parser.add_argument("--max-size", dest="max_size", type=int_in_range(0), default=1024,
                             help="scale stored samples so the longer side is at most this (0: keep full size; default 1024)")
-        parser.add_argument("--drishti-threshold", dest="drishti_threshold", type=int, default=100,
+        parser.add_argument("--drishti-threshold", dest="drishti_threshold", type=int_in_range(1, 255), default=100,
                             help="Drishti-GS1 soft map grey value counted as foreground (default 100: >= 2 of 4 experts)")
         parser.add_argument("--g1020-missing-cup", dest="g1020_missing_cup", choices=("skip", "empty"), default="skip",
                             help="G1020 images without cup annotation: leave out (default) or keep with an empty OC channel")

@@ -131,12 +131,22 @@ def _pannuke(root: Path, site: str, folds: str) -> Iterator[Case]:
 
 
 def _parse_folds(folds: str) -> dict[str, tuple[int, ...]] | tuple[int, ...] | None:
+    """'all' / 'reference' / '2,3' -> None (every fold) / per-site folds / fold numbers."""
     if folds in PANNUKE_FOLDS:
         return PANNUKE_FOLDS[folds]
     try:
         return tuple(int(f) for f in folds.split(","))
     except ValueError:
         raise ValueError(f"--pannuke-folds: expected {sorted(PANNUKE_FOLDS)} or fold numbers like '2,3', got {folds!r}") from None
+
+
+def _folds_option(text: str) -> str:
+    """argparse type of --pannuke-folds: checked at parse time, kept as given (it goes into the metadata)."""
+    try:
+        _parse_folds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--pannuke-folds: ")) from None
+    return text
 
 
 # ------------------------------------------------------------------------------ MoNuSAC, MoNuSeg, TNBC
@@ -201,7 +211,7 @@ class NucleiPreparer(Preparer):
     source_release = "PanNuke (2020), MoNuSAC (2020), TNBC (Naylor et al. 2018), MoNuSeg (2018)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--pannuke-folds", dest="pannuke_folds", default="all",
+        parser.add_argument("--pannuke-folds", dest="pannuke_folds", default="all", type=_folds_option,
                             help="PanNuke folds per tissue site: 'all' (default), 'reference' (Adrenal_gland, "
                                  "Esophagus: fold 2; Bile-duct, Uterus: fold 3) or fold numbers such as '2,3'")
 

@@ -149,15 +149,32 @@ class Preparer(abc.ABC):
         requested (or default) site does not exist, so a typo fails before anything is written.
         """
         available = self.available_sites(src, **(options or {}))
-        lookup: dict[str, str] = {}
-        for site in available:
-            for name in (site, *self.site_aliases(site)):
-                lookup.setdefault(name.lower(), site)
+        lookup = {site.lower(): site for site in available}
+        for site in available:  # after all canonical names, so an alias never shadows a site's own name
+            for alias in self.site_aliases(site):
+                lookup.setdefault(alias.lower(), site)
         wanted = [str(s) for s in (self.sites if sites is None else sites)]
         unknown = [s for s in wanted if s.lower() not in lookup]
         if unknown:
             raise SiteError(f"unknown {self.name} site(s) {unknown}; available: {', '.join(available)}")
         return list(dict.fromkeys(lookup[s.lower()] for s in wanted))
+
+
+def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse ``type`` for an integer option in [low, high] (high None: no upper bound), so a bad value
+    is a usage message rather than an error during preparation."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {value}")
+        return value
+
+    return parse
 
 
 _REGISTRY: dict[str, Preparer] = {}

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,8 +184,7 @@ def prepare_site(
     cases = list(preparer.iter_cases(src, site, **(options or {})))
     if not cases:
         raise DataError(src, f"no cases found for {preparer.name} site {site!r}")
-    ids = [c.case_id for c in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if duplicates:
         raise DataError(src, f"duplicate case ids in site {site!r}: {duplicates}")
     dataset_dir = out / preparer.name
