@@ -1,0 +1,109 @@
+"""Fixtures of the federated tests: small sites cut from the synthetic demo data, a random SAM-format
+checkpoint, and a helper that writes a job with the real generator and runs the NVFlare simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+from fedfms.data.demo import make_demo_data
+from fedfms.federated import JobSettings, write_job
+from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.networks import SAMSegmenter
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+#: Training samples per small site: deliberately unequal, so FedAvg's weighting is visible.
+SMALL_SITES = {"HK": 6, "ISBI1.5": 3, "UCL": 4}
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """DATA_ROOT/prostate/<site>/datalist.json for three small sites cut from the synthetic demo data
+    (synthetic: true): SMALL_SITES[site] training, 2 validation and 4 test slices each."""
+    demo = tmp_path_factory.mktemp("demo")
+    make_demo_data(demo)
+    root = tmp_path_factory.mktemp("data")
+    for site, n_train in SMALL_SITES.items():
+        source, target = demo / "prostate" / site, root / "prostate" / site
+        target.mkdir(parents=True)
+        for folder in ("images", "labels"):
+            (target / folder).symlink_to(source / folder, target_is_directory=True)
+        content = json.loads((source / "datalist.json").read_text())
+        content["training"] = content["training"][:n_train]
+        content["validation"] = content["validation"][:2]
+        content["test"] = content["test"][:4]
+        (target / "datalist.json").write_text(json.dumps(content))
+    return root
+
+
+@pytest.fixture(scope="session")
+def sam_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random-init vit_tiny SAM state dict in the official checkpoint layout (synthetic)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = SAMSegmenter(model_type="vit_tiny", image_size=64)
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_tiny_random.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if k not in set(net.new_keys())}, path)
+    return path
+
+
+@dataclass
+class SimulatorRun:
+    job: Path
+    server: Path  # the server's run folder (app_server/, cross_site_val/, fedfms_rounds.json, tb_events/)
+    log: str
+    audit: Optional[Path]
+
+    @property
+    def rounds(self) -> list:
+        return json.loads((self.server / "fedfms_rounds.json").read_text())
+
+
+def small_settings(method: str, **kwargs) -> JobSettings:
+    """A tiny profile of a real job: vit_tiny, 64 px, 2 rounds, the three small sites."""
+    defaults = dict(sites=tuple(SMALL_SITES), num_rounds=2, model_type="vit_tiny", image_size=64, batch_size=2,
+                    wait_time_after_min_received=120, overrides={"num_workers": 0})
+    return JobSettings(method, "prostate", **{**defaults, **kwargs})
+
+
+@pytest.fixture
+def run_simulator(tmp_path, data_root, sam_checkpoint):
+    """Write the job with fedfms.federated.write_job, configure the workspace like a site would
+    (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
+
+    def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None) -> SimulatorRun:
+        job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
+        audit_dir = tmp_path / "audit" if audit else None
+        if audit:
+            (job / "app" / "custom").mkdir(parents=True)
+            shutil.copy(HERE / "fedfms_audit.py", job / "app" / "custom")
+            config_path = job / "app" / "config" / "config_fed_client.json"
+            config = json.loads(config_path.read_text())
+            for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
+                config[key] = [{"tasks": ["train", "validate"], "filters": [
+                    {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}]}]
+            config_path.write_text(json.dumps(config, indent=2))
+        workspace = tmp_path / "workspace"
+        allow_fedfms_components(workspace / "local")
+        (workspace / "local" / SITE_CONFIG_FILE).write_text(json.dumps(
+            {"data_root": str(data or data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
+        nvflare = Path(sys.executable).with_name("nvflare")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
+        result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", "3"],
+                                capture_output=True, text=True, env=env, timeout=600)
+        log = result.stdout + result.stderr
+        server = workspace / "server" / "simulate_job"
+        assert result.returncode == 0 and (server / "fedfms_rounds.json").is_file(), log[-5000:]
+        return SimulatorRun(job, server, log, audit_dir)
+
+    return run

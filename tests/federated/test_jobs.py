@@ -1,0 +1,100 @@
+"""The job suite: jobs/ in sync with its generator, paper settings, no machine paths, site names."""
+
+from __future__ import annotations
+
+import json
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.fuel.utils.class_utils import instantiate_class
+
+from fedfms.federated import DATASETS, METHOD_BUNDLES, JobSettings, client_name
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = REPO / "jobs"
+
+
+def _config(job: str, side: str) -> dict:
+    return json.loads((JOBS / job / "app" / "config" / f"config_fed_{side}.json").read_text())
+
+
+def _component(config: dict, component_id: str) -> dict:
+    return next(c for c in config["components"] + config.get("workflows", []) if c["id"] == component_id)
+
+
+def test_jobs_folder_is_in_sync_with_the_generator(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_jobs", REPO / "tools" / "make_jobs.py")
+    make_jobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_jobs)
+    assert make_jobs.main(["--check"]) == 0, "jobs/ is stale: run python tools/make_jobs.py"
+    # and the check can fail: a hand edit is detected
+    make_jobs.main(["--out", str(tmp_path), "--method", "fedmsa", "--dataset", "prostate"])
+    (tmp_path / "fedmsa_prostate" / "meta.json").write_text("{}")
+    assert make_jobs.differences(JOBS / "fedmsa_prostate", tmp_path / "fedmsa_prostate") == ["meta.json"]
+
+
+def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
+    expected_batch = {("fedsam", "nuclei"): 4, ("fedmsa", "brain"): 8}
+    for dataset in DATASETS:
+        for method in METHOD_BUNDLES:
+            job = f"{method}_{dataset}"
+            meta = json.loads((JOBS / job / "meta.json").read_text())
+            settings = JobSettings(method, dataset)
+            assert meta["deploy_map"] == {"app": ["server", *map(client_name, settings.all_sites)]}
+            overrides = _config(job, "client")["executors"][0]["executor"]["args"]["overrides"]
+            assert overrides == _component(_config(job, "server"), "persistor")["args"]["overrides"]
+            assert overrides["num_classes"] == (2 if dataset == "fundus" else 1)
+            if method == "fedunet":
+                assert "model_type" not in overrides and "batch_size" not in overrides
+            else:
+                assert (overrides["model_type"], overrides["image_size"]) == ("vit_b", 1024)
+                default = 6 if method == "fedsam" else 4
+                assert overrides["batch_size"] == expected_batch.get((method, dataset), default)
+            workflow = _component(_config(job, "server"), "scatter_and_gather")["args"]
+            assert workflow["num_rounds"] == 100 and workflow["train_sites"] == meta["deploy_map"]["app"][1:]
+            assert (JOBS / job / "app" / "config" / "bundle" / "configs" / "train.json").is_file()
+
+
+def test_jobs_hold_no_machine_paths_and_map_dotted_site_names():
+    for path in JOBS.rglob("config_fed_*.json"):
+        text = path.read_text()
+        assert '"/' not in text and "FEDFMS_" not in text, path
+    args = _config("fedmsa_prostate", "client")["executors"][0]["executor"]["args"]
+    assert args["site_folders"] == {"ISBI1_5": "ISBI1.5"}  # NVFlare client names cannot contain dots
+
+
+def test_job_settings_validation():
+    with pytest.raises(ValueError, match="not sites of prostate"):
+        JobSettings("fedmsa", "prostate", held_out=("Nowhere",))
+    with pytest.raises(ValueError, match="unknown method"):
+        JobSettings("fedavg", "prostate")
+    held = JobSettings("fedmsa", "prostate", held_out=("UCL",))
+    assert "UCL" not in held.train_sites and len(held.train_sites) == 5
+
+
+def test_job_aggregator_weights_sites_by_training_samples():
+    """The aggregator exactly as the job configures it: FedAvg weighted by NUM_STEPS_CURRENT_ROUND (n_k)."""
+    spec = _component(_config("fedmsa_prostate", "server"), "aggregator")
+    aggregator = instantiate_class(spec["path"], spec["args"])
+    fl_ctx = FLContext()
+    aggregator.handle_event(EventType.START_RUN, fl_ctx)  # NVFlare configures the aggregator at run start
+    fl_ctx.set_prop(AppConstants.CURRENT_ROUND, 3, private=True, sticky=False)
+    rng = np.random.default_rng(0)
+    sites = {"A": (rng.normal(size=(4, 3)).astype(np.float32), 97), "B": (rng.normal(size=(4, 3)).astype(np.float32), 41),
+             "C": (rng.normal(size=(4, 3)).astype(np.float32), 5)}
+    for name, (weights, n) in sites.items():
+        shareable = DXO(DataKind.WEIGHTS, {"w": weights}, {MetaKey.NUM_STEPS_CURRENT_ROUND: n}).to_shareable()
+        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: name})
+        shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 3)
+        assert aggregator.accept(shareable, fl_ctx)
+    result = from_shareable(aggregator.aggregate(fl_ctx)).data["w"]
+    expected = (sites["A"][0] * 97 + sites["B"][0] * 41 + sites["C"][0] * 5) / (97 + 41 + 5)
+    np.testing.assert_allclose(result, expected, rtol=1e-6)
+    assert not np.allclose(result, np.mean([w for w, _ in sites.values()], axis=0))

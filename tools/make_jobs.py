@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Write NVFlare job folders for FedSAM, FedMSA and FedU-Net (fedfms.federated.jobs.JobSettings).
+
+    python tools/make_jobs.py                    # regenerate jobs/: 3 methods x 4 datasets, paper settings
+    python tools/make_jobs.py --model-type vit_l --out jobs_vitl   # every option applies to all jobs written
+    python tools/make_jobs.py --check            # exit 1 if jobs/ differs from what the generator writes
+    python tools/make_jobs.py --method fedmsa --dataset prostate --held-out UCL \\
+        --model-type vit_l --rounds 100 --out my_jobs          # one customised job (my_jobs/fedmsa_prostate)
+
+Data paths, SAM checkpoints and devices are never written into a job: each site sets them in its
+workspace's local/fedfms_site.json or with FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT / FEDFMS_DEVICE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fedfms.federated.jobs import DATASETS, METHOD_BUNDLES, JobSettings, paper_jobs, write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("make_jobs")
+
+
+def differences(expected: Path, actual: Path) -> list[str]:
+    """Relative paths that differ between two folder trees (missing, extra or different content)."""
+    found: list[str] = []
+
+    def walk(cmp: filecmp.dircmp, prefix: str) -> None:
+        found.extend(prefix + name for name in cmp.left_only + cmp.right_only + cmp.funny_files)
+        _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
+        found.extend(prefix + name for name in mismatch + errors)
+        for name, sub in cmp.subdirs.items():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(filecmp.dircmp(expected, actual, ignore=["__pycache__"]), "")
+    return sorted(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "jobs", help="folder to write the job folders into")
+    parser.add_argument("--bundles", type=Path, default=ROOT / "bundles", help="the repository's bundles/ folder")
+    parser.add_argument("--check", action="store_true", help="compare --out with the paper job suite, write nothing")
+    parser.add_argument("--method", choices=sorted(METHOD_BUNDLES), help="only this method (default: all three)")
+    parser.add_argument("--dataset", choices=DATASETS, help="only this dataset (default: all four)")
+    parser.add_argument("--held-out", nargs="*", default=[], metavar="SITE", help="sites that only evaluate")
+    parser.add_argument("--rounds", type=int, default=100, help="federated rounds (paper: 100)")
+    parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (paper: 1)")
+    parser.add_argument("--model-type", default="vit_b", help="SAM encoder: vit_b (paper), vit_l (FedMSA-L), vit_h, vit_tiny")
+    parser.add_argument("--image-size", type=int, default=1024, help="input size, a multiple of 16 (paper: 1024)")
+    parser.add_argument("--batch-size", type=int, help="default: the paper's for the method and dataset")
+    parser.add_argument("--min-clients", type=int, help="default: all training sites but one")
+    parser.add_argument("--train-timeout", type=int, default=0, help="seconds per site and round, 0 = no limit")
+    parser.add_argument("--name", help="job folder name (default METHOD_DATASET)")
+    parser.add_argument("--embed-code", action="store_true",
+                        help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            for settings in paper_jobs():
+                write_job(settings, Path(tmp), args.bundles)
+            diff = differences(Path(tmp), args.out)
+        if diff:
+            log.error("%s is out of date with tools/make_jobs.py (%d differences, e.g. %s); run: python tools/make_jobs.py",
+                      args.out, len(diff), ", ".join(diff[:5]))
+            return 1
+        log.info("%s matches the generator", args.out)
+        return 0
+
+    datasets = [args.dataset] if args.dataset else list(DATASETS)
+    methods = [args.method] if args.method else list(METHOD_BUNDLES)
+    if args.held_out and len(datasets) > 1:
+        parser.error("--held-out names sites of one dataset: give --dataset")
+    jobs = [JobSettings(method, dataset, held_out=tuple(args.held_out), num_rounds=args.rounds,
+                        local_epochs=args.local_epochs, model_type=args.model_type, image_size=args.image_size,
+                        batch_size=args.batch_size, min_clients=args.min_clients, train_timeout=args.train_timeout,
+                        name=args.name if len(datasets) * len(methods) == 1 else None)
+            for dataset in datasets for method in methods]
+    for settings in tqdm(jobs, desc="jobs", unit="job", disable=len(jobs) == 1):
+        path = write_job(settings, args.out, args.bundles, embed_code=args.embed_code)
+        log.info("wrote %s (train: %s; held out: %s)", path, ", ".join(settings.train_sites),
+                 ", ".join(settings.held_out) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
