@@ -48,7 +48,7 @@ def index_mask(disc: np.ndarray, cup: np.ndarray) -> np.ndarray:
 
 
 def make_refuge(root: Path, h: int = 48, w: int = 50) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """REFUGE 2018 layout: train (Glaucoma / Non-Glaucoma), validation, test (G / N)."""
+    """REFUGE 2018 layout: train (Glaucoma / Non-Glaucoma, with Disc_Cup_Fovea_Illustration), validation, test (G / N)."""
     files = {
         "g0001": ("Training400/Glaucoma", "Annotation-Training400/Disc_Cup_Masks/Glaucoma"),
         "n0001": ("Training400/Non-Glaucoma", "Annotation-Training400/Disc_Cup_Masks/Non-Glaucoma"),
@@ -61,6 +61,9 @@ def make_refuge(root: Path, h: int = 48, w: int = 50) -> dict[str, tuple[np.ndar
         disc, cup = disc_cup(h, w, i)
         save(root / "REFUGE" / img_dir / f"{stem}.jpg", fundus_rgb(h, w, i), quality=95)
         save(root / "REFUGE" / mask_dir / f"{stem}.bmp", refuge_mask(disc, cup))
+        if img_dir.startswith("Training400"):  # the training annotations also ship outlined copies
+            illustration = mask_dir.replace("Disc_Cup_Masks", "Disc_Cup_Fovea_Illustration")
+            save(root / "REFUGE" / illustration / f"{stem}.jpg", fundus_rgb(h, w, 100 + i))
         truth[stem] = disc, cup
     return truth
 

@@ -7,7 +7,7 @@ case-insensitively; a site folder may contain the release's own top folder):
   ``REFUGE-Validation400/``, ``Test400/``), masks ``*.bmp`` with the same file stem
   (``Annotation-Training400/Disc_Cup_Masks/...``, ``REFUGE-Validation400-GT/Disc_Cup_Masks/``,
   ``REFUGE-Test-GT/Disc_Cup_Masks/{G,N}/``); any folder arrangement works, images and masks are
-  paired by stem. Mask values: 0 = cup, 128 = disc outside the cup, 255 = background.
+  paired by stem. The ``Disc_Cup_Fovea_Illustration/`` JPEGs of the annotations are not read. Mask values: 0 = cup, 128 = disc outside the cup, 255 = background.
 - ``ORIGA/``: ``Images/*.jpg`` with ``Masks/<stem>.png`` (0 = background, 1 = disc outside the cup,
   2 = cup); a copy without ``Masks/`` PNGs is read from MATLAB ``<stem>.mat`` files anywhere in the
   site folder, each holding one 2D array with the same values (e.g. ``Semi-automatic/``).
@@ -153,7 +153,10 @@ Layout = tuple[list[tuple[str, Path, Path | None, str | None]], Callable[[Path],
 
 
 def _refuge(root: Path) -> Layout:
-    pairs = pair_by_stem(find_files(root, ".jpg"), find_files(root, ".bmp"))
+    """*.jpg images with *.bmp masks of the same stem, anywhere below root. The training annotations
+    also ship Disc_Cup_Fovea_Illustration/<stem>.jpg (image with outlines drawn): not input images."""
+    images = [p for p in find_files(root, ".jpg") if not any("illustration" in d.name.lower() for d in p.parents)]
+    pairs = pair_by_stem(images, find_files(root, ".bmp"))
     return pairs, lambda p: _decode(load_mask(p), _REFUGE_MASK, p)
 
 
