@@ -68,6 +68,10 @@ def test_site_folder_problems(prostate_release, tmp_path):
     src2 = prostate_release({"ISBI_1.5": 1, "ISBI1.5": 1}, root_name="two")
     with pytest.raises(DataError, match=r"named ISBI1.5 or ISBI_1.5 or BMC, found 2 folders \(ISBI1.5, ISBI_1.5\)"):
         prepare_dataset("prostate", src2, tmp_path / "out", ["ISBI1.5"])
+    (src / "UCL").mkdir()
+    (src / "UCL" / "notes.txt").write_text("no CaseNN files here")
+    with pytest.raises(DataError, match="no cases found for prostate site 'UCL'.*prepare_data.py prostate --help"):
+        prepare_dataset("prostate", src, tmp_path / "out", ["UCL"])
     with pytest.raises(DataError, match="release folder not found"):
         prepare_dataset("prostate", tmp_path / "missing", tmp_path / "out")
 

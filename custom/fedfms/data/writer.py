@@ -183,7 +183,8 @@ def prepare_site(
     src, out = Path(src), Path(out)
     cases = list(preparer.iter_cases(src, site, **(options or {})))
     if not cases:
-        raise DataError(src, f"no cases found for {preparer.name} site {site!r}")
+        raise DataError(src, f"no cases found for {preparer.name} site {site!r} (the expected release layout "
+                             f"is shown by: python tools/prepare_data.py {preparer.name} --help)")
     duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if duplicates:
         raise DataError(src, f"duplicate case ids in site {site!r}: {duplicates}")
