@@ -27,7 +27,9 @@ How to add a dataset
    A case that an option deliberately leaves out raises :class:`CaseExcluded` from its loader: it is
    skipped and listed with the reason even without ``--skip-bad``.
 4. Dataset-specific command-line options: override ``add_arguments(parser)``; every option it adds is
-   passed to ``iter_cases`` as a keyword (argparse ``dest``).
+   passed to ``iter_cases`` and ``available_sites`` as a keyword (argparse ``dest``). Check values at
+   parse time (``choices``, ``type=int_in_range(...)``) so a bad value is a usage message.
+   The module docstring is the dataset's ``--help`` text: document the release layout there.
 5. Register at import time: ``register(MyPreparer())`` at module level. Every module of the package
    ``fedfms.data`` is imported by :func:`available_datasets` / :func:`get_preparer`, so nothing else
    needs editing; ``tools/prepare_data.py`` picks the new dataset up automatically.
