@@ -16,7 +16,7 @@ from fedfms.data import DataError, SiteError, available_datasets, get_preparer, 
 
 
 def test_registry_lists_builtin_preparers():
-    assert {"prostate", "brain"} <= set(available_datasets())
+    assert {"prostate", "brain", "fundus", "nuclei"} <= set(available_datasets())
     assert get_preparer("prostate").sites == ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI1.5", "UCL")
     with pytest.raises(KeyError, match="unknown dataset 'nope'"):
         get_preparer("nope")
