@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 from monai.networks.nets import UNet
 
-from fedfms.bundle.checkpoint import AtomicCheckpointSaver, load_trained_weights
+from fedfms.bundle.checkpoint import AtomicCheckpointSaver, PartialCheckpointLoader, load_trained_weights
 from fedfms.networks import CheckpointError, MSASegmenter, transmitted_keys, transmitted_state
 
 
@@ -80,3 +80,12 @@ def test_checkpoint_saver_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_final.pt"]
     torch.testing.assert_close(torch.load(tmp_path / "model_final.pt", weights_only=True), saved)
+
+
+def test_empty_ckpt_path_keeps_the_network_as_built():
+    net = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    engine = Engine(lambda engine, batch: None)
+    PartialCheckpointLoader("", net).attach(engine)  # `--ckpt_path ""` on the command line
+    engine.run([0], max_epochs=1)
+    torch.testing.assert_close(net.state_dict(), before)

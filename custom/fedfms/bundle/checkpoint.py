@@ -63,8 +63,9 @@ def load_trained_weights(network: torch.nn.Module, path: str | os.PathLike, key:
 class PartialCheckpointLoader:
     """Ignite handler: load `load_path` into `network` when the engine starts (see load_trained_weights).
 
-    `load_path` None keeps the network as built (SAM checkpoint or random init), e.g. to evaluate a model
-    before training. The name contains "CheckpointLoader" on purpose: monai.fl's MonaiAlgo disables
+    An empty `load_path` ("" or None) keeps the network as built (SAM checkpoint or random init), e.g. to
+    evaluate a model before training; on the command line that is `--ckpt_path ""`, because
+    `monai.bundle run` drops overrides whose value is None. The name contains "CheckpointLoader" on purpose: monai.fl's MonaiAlgo disables
     handlers so named, because in federated rounds the weights come from the server instead.
     """
 
@@ -75,8 +76,8 @@ class PartialCheckpointLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.load_path is None:
-            logger.warning("ckpt_path is null: evaluating the network as built, without trained weights")
+        if not self.load_path:
+            logger.warning("ckpt_path is empty: using the network as built, without trained weights")
             return
         load_trained_weights(self.network, self.load_path, self.key)
 
