@@ -65,8 +65,9 @@ class PartialCheckpointLoader:
 
     An empty `load_path` ("" or None) keeps the network as built (SAM checkpoint or random init), e.g. to
     evaluate a model before training; on the command line that is `--ckpt_path ""`, because
-    `monai.bundle run` drops overrides whose value is None. The name contains "CheckpointLoader" on purpose: monai.fl's MonaiAlgo disables
-    handlers so named, because in federated rounds the weights come from the server instead.
+    `monai.bundle run` drops overrides whose value is None. The class name contains "CheckpointLoader"
+    on purpose: monai.fl's MonaiAlgo disables handlers so named, because in federated rounds the
+    weights come from the server instead.
     """
 
     def __init__(self, load_path: str | os.PathLike | None, network: torch.nn.Module, key: str = "model") -> None:
