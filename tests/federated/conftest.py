@@ -69,11 +69,22 @@ class SimulatorRun:
         return json.loads((self.server / "fedfms_rounds.json").read_text())
 
 
-def small_settings(method: str, **kwargs) -> JobSettings:
-    """A tiny profile of a real job: vit_tiny, 64 px, 2 rounds, the three small sites."""
+def _small_settings(method: str, **kwargs) -> JobSettings:
     defaults = dict(sites=tuple(SMALL_SITES), num_rounds=2, model_type="vit_tiny", image_size=64, batch_size=2,
                     wait_time_after_min_received=120, overrides={"num_workers": 0})
     return JobSettings(method, "prostate", **{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="session")
+def small_settings():
+    """JobSettings factory for a tiny profile of a real job: vit_tiny, 64 px, 2 rounds, the small sites."""
+    return _small_settings
+
+
+@pytest.fixture(scope="session")
+def small_sites() -> dict:
+    """Site folder -> number of training samples of the small sites."""
+    return dict(SMALL_SITES)
 
 
 @pytest.fixture

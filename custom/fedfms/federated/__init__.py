@@ -2,12 +2,12 @@
 that selects the transmitted tensors, the server persistor / controller / report, per-site
 configuration, and the job generator."""
 
-from .jobs import DATASETS, METHOD_BUNDLES, JobSettings, client_name, demo_settings, paper_jobs, write_job
+from .jobs import DATASETS, METHOD_BUNDLES, JobSettings, client_name, paper_jobs, write_job
 from .selection import TransmissionError, check_incoming, describe, select_outgoing, serialized_size, transmitted_names
 from .site_config import SiteConfig, SiteConfigError, resolve_sam_checkpoint, resolve_site_config
 
 __all__ = [
     "DATASETS", "METHOD_BUNDLES", "JobSettings", "SiteConfig", "SiteConfigError", "TransmissionError",
-    "check_incoming", "client_name", "demo_settings", "describe", "paper_jobs", "resolve_sam_checkpoint",
+    "check_incoming", "client_name", "describe", "paper_jobs", "resolve_sam_checkpoint",
     "resolve_site_config", "select_outgoing", "serialized_size", "transmitted_names", "write_job",
 ]

@@ -58,6 +58,7 @@ class JobSettings:
     min_clients: training results a round needs; None = all training sites but one, so one failing
         site does not stop the job. wait_time_after_min_received: seconds the server then still waits
         for the last site. train_timeout: seconds a site may train per round (0 = no limit).
+    cross_site_eval: after training, score the final and best global models on every site's test split.
     overrides: further bundle overrides (e.g. {"learning_rate": 1e-4}).
     name: job name; default METHOD_DATASET.
     """
@@ -74,6 +75,7 @@ class JobSettings:
     min_clients: Optional[int] = None
     wait_time_after_min_received: int = 3600
     train_timeout: int = 0
+    cross_site_eval: bool = True
     overrides: Mapping[str, object] = field(default_factory=dict)
     name: Optional[str] = None
 
@@ -142,9 +144,8 @@ def _server_config(s: JobSettings) -> dict:
                       wait_time_after_min_received=s.wait_time_after_min_received, train_timeout=s.train_timeout,
                       persistor_id="persistor", aggregator_id="aggregator",
                       shareable_generator_id="shareable_generator"),
-            component("cross_site_model_eval", "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
-                      model_locator_id="model_locator", submit_model_task_name=""),
-        ],
+        ] + ([component("cross_site_model_eval", "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
+                        model_locator_id="model_locator", submit_model_task_name="")] if s.cross_site_eval else []),
     }
 
 
@@ -215,9 +216,3 @@ def write_job(settings: JobSettings, out_dir: Path, bundles_dir: Path, embed_cod
 def paper_jobs() -> List[JobSettings]:
     """The committed job suite: every method on every dataset with the paper's settings."""
     return [JobSettings(method, dataset) for dataset in DATASETS for method in METHOD_BUNDLES]
-
-
-def demo_settings(num_rounds: int = 3, held_out: str = "UCL") -> JobSettings:
-    """The demo's small profile of the FedMSA prostate job: same code, tiny encoder, 64 px, a few rounds."""
-    return JobSettings("fedmsa", "prostate", held_out=(held_out,), num_rounds=num_rounds, model_type="vit_tiny",
-                       image_size=64, batch_size=4, wait_time_after_min_received=60, name="fedmsa_prostate_demo")
