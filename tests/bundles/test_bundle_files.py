@@ -11,7 +11,7 @@ from monai.bundle import verify_metadata
 from monai.data import load_net_with_metadata
 from monai.networks.nets import UNet
 
-from fedfms.networks import MSASegmenter
+from fedfms.networks import MSASegmenter, SAMSegmenter
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("sam", "msa", "unet")
@@ -58,15 +58,16 @@ def test_shipped_schema_rejects_incomplete_metadata(tmp_path):
             verify_metadata(meta_file=str(path), filepath=str(SCHEMA))
 
 
-def test_export_msa_torchscript_by_tracing(readme_command, tmp_path):
+@pytest.mark.parametrize("bundle, network, name", [("sam", SAMSegmenter, "FedSAM"), ("msa", MSASegmenter, "FedMSA")])
+def test_export_sam_and_msa_torchscript_by_tracing(bundle, network, name, readme_command, tmp_path):
     torch.manual_seed(0)
-    net = MSASegmenter(model_type="vit_tiny", image_size=64).eval()
+    net = network(model_type="vit_tiny", image_size=64).eval()
     (tmp_path / "train").mkdir()
     torch.save(net.state_dict(), tmp_path / "train" / "model.pt")
-    readme_command("msa", "Export to TorchScript", {"OUT": str(tmp_path)}, ["--model_type", "vit_tiny"],
+    readme_command(bundle, "Export to TorchScript", {"OUT": str(tmp_path)}, ["--model_type", "vit_tiny"],
                    replace={"IMAGE_SIZE=1024": "IMAGE_SIZE=64"})
     scripted, meta, _ = load_net_with_metadata(str(tmp_path / "model.ts"))
-    assert meta["name"] == "FedMSA segmentation"
+    assert meta["name"] == f"{name} segmentation"
     image = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(image), net(image))

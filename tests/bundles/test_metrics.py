@@ -66,8 +66,8 @@ def test_report_writes_per_sample_csv_and_summary_with_3d_dice(tmp_path):
     engine = SimpleNamespace(
         state=SimpleNamespace(
             batch=[
-                {"image": MetaTensor(torch.zeros(3, 2, 3), meta={"filename_or_obj": f"{v}_{s}.npy"}), "site": "S", "volume": v, "slice": s}
-                for v, s in identity
+                {"image": MetaTensor(torch.zeros(3, 2, 3), meta={"filename_or_obj": f"{v}_{s}.npy"}), "site": site, "volume": v, "slice": s}
+                for (v, s), site in zip(identity, ["S", "S", "T"])  # two pooled sites
             ],
             output=[{"pred": p, "label": g} for p, g in zip(logits, label)],
         )
@@ -92,3 +92,5 @@ def test_report_writes_per_sample_csv_and_summary_with_3d_dice(tmp_path):
     assert saved["per_volume_dice_3d"]["S/V"]["OD"] == pytest.approx((2 + 1e-4) / (4 + 1e-4))
     assert saved["per_channel"]["OC"]["dice_3d"] == pytest.approx(1.0)
     assert saved["dice"] == pytest.approx((sum(DICE_C0) / 3 + 1) / 2)
+    assert saved["per_site"]["S"]["per_channel"]["OD"]["dice"] == pytest.approx(sum(DICE_C0[:2]) / 2)
+    assert saved["per_site"]["T"]["num_slices"] == 1 and "dice_3d" not in saved["per_site"]["T"]
