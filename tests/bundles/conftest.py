@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import fire
+import monai.bundle.__main__ as cli
 import pytest
 import torch
 
@@ -65,19 +70,58 @@ def _readme_blocks(bundle: str) -> dict[str, str]:
     return blocks
 
 
+def _in_process(command: str, env: dict[str, str], extra: list[str]) -> str:
+    """Run a README block of `VAR=value` lines and `python -m monai.bundle ...` commands in this process:
+    the same argument list goes through the same CLI entry (fire over monai.bundle's commands), without
+    paying ~5 s of interpreter and import start-up per command. Returns the captured log text."""
+    variables = dict(env)
+    lines = command.replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if line.startswith("python -m monai.bundle ")]
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.isidentifier() and line not in commands:
+            variables[name] = shlex.split(value, comments=True)[0]
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    scripts_logger = logging.getLogger("monai.bundle.scripts")  # does not propagate to the root logger
+    scripts_logger.addHandler(handler)
+    try:
+        for i, line in enumerate(commands):
+            expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], line)
+            args = shlex.split(expanded)[3:] + (list(extra) if i == len(commands) - 1 else [])
+            fire.Fire({name: getattr(cli, name) for name in ("verify_metadata", "verify_net_in_out", "ckpt_export")}, command=args)
+    finally:
+        scripts_logger.removeHandler(handler)
+    return "\n".join(records)
+
+
 @pytest.fixture(scope="session")
 def readme_command():
-    """readme_command(bundle, heading, env, extra, replace): run that README block (bash, from the
-    repository root, the project's python first on PATH) with `extra` arguments appended to its last
-    command and the `replace` substitutions applied."""
+    """readme_command(bundle, heading, env, extra, replace, in_process): run that README block with
+    `extra` arguments appended to its last command and the `replace` substitutions applied; by default
+    with bash from the repository root, the project's python first on PATH (returns the finished
+    process), or in this process for verify / export commands (returns the log text)."""
 
     def run(
-        bundle: str, heading: str, env: dict[str, str], extra: list[str] = (), replace: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess:
+        bundle: str,
+        heading: str,
+        env: dict[str, str],
+        extra: list[str] = (),
+        replace: dict[str, str] | None = None,
+        in_process: bool = False,
+    ):
         command = _readme_blocks(bundle)[heading]
         for old, new in (replace or {}).items():  # e.g. the paper's image size in a README line -> the test's
             assert old in command, f"{bundle} README '{heading}' no longer contains {old!r}"
             command = command.replace(old, new)
+        if in_process:
+            cwd = os.getcwd()
+            os.chdir(REPO)
+            try:
+                return _in_process(command, env, list(extra))
+            finally:
+                os.chdir(cwd)
         full_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         result = subprocess.run(
             ["bash", "-c", command + " " + " ".join(extra)], cwd=REPO, env=full_env, capture_output=True, text=True,

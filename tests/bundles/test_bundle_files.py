@@ -39,9 +39,9 @@ def test_bundles_share_everything_but_the_network():
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_readme_checks_pass(bundle, readme_command):
     """verify_metadata against the shipped schema (offline) and verify_net_in_out at 64 px."""
-    result = readme_command(bundle, "Check the bundle", {})
-    assert "metadata is verified with no error" in result.stdout + result.stderr
-    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+    log = readme_command(bundle, "Check the bundle", {}, in_process=True)
+    assert "metadata is verified with no error" in log
+    assert "data shape of network is verified with no error" in log
 
 
 def test_shipped_schema_rejects_incomplete_metadata(tmp_path):
@@ -65,7 +65,7 @@ def test_export_sam_and_msa_torchscript_by_tracing(bundle, network, name, readme
     (tmp_path / "train").mkdir()
     torch.save(net.state_dict(), tmp_path / "train" / "model.pt")
     readme_command(bundle, "Export to TorchScript", {"OUT": str(tmp_path)}, ["--model_type", "vit_tiny"],
-                   replace={"IMAGE_SIZE=1024": "IMAGE_SIZE=64"})
+                   replace={"IMAGE_SIZE=1024": "IMAGE_SIZE=64"}, in_process=True)
     scripted, meta, _ = load_net_with_metadata(str(tmp_path / "model.ts"))
     assert meta["name"] == f"{name} segmentation"
     image = torch.rand(1, 3, 64, 64)
@@ -77,7 +77,7 @@ def test_export_unet_torchscript_by_scripting(readme_command, tmp_path):
     net = UNet(2, 3, 1, channels=[32, 64, 128, 256, 512], strides=[2, 2, 2, 2], num_res_units=2, norm="batch").eval()
     (tmp_path / "train").mkdir()
     torch.save(net.state_dict(), tmp_path / "train" / "model.pt")
-    readme_command("unet", "Export to TorchScript", {"OUT": str(tmp_path)})
+    readme_command("unet", "Export to TorchScript", {"OUT": str(tmp_path)}, in_process=True)
     scripted, _, _ = load_net_with_metadata(str(tmp_path / "model.ts"))
     image = torch.rand(2, 3, 32, 32)  # scripting keeps batch size and image size free
     with torch.no_grad():
