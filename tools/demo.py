@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
     overrides = {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"}
     overrides.pop("batch_size")
+    # The tiny model runs many small ops: one thread avoids OpenMP spin-waits on a shared machine.
+    torch.set_num_threads(1)
     rows = []
     with open(out / "evaluation.log", "w") as eval_log, tqdm(total=len(checkpoints) * len(settings.all_sites), desc="evaluations") as bar:
         for site in settings.all_sites:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Mapping, Optional
 
+import torch
 from ignite.metrics import Average
 from monai.fl.client import MonaiAlgo
 from monai.fl.utils.constants import ExtraItems
@@ -44,8 +45,15 @@ _LOSS_METRIC = "fedfms_epoch_loss"
 
 
 def _scalars(metrics: Mapping[str, object]) -> Dict[str, float]:
-    """The numeric entries of an engine's metrics, as floats (what can travel in DXO meta)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The scalar entries of an engine's metrics (numbers, one-element tensors) as floats, what DXO meta
+    can carry; per-class vectors and other values are left out."""
+    scalars = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars[name] = float(value)
+    return scalars
 
 
 class BundleExecutor(Executor):
