@@ -47,3 +47,43 @@ def test_train_evaluate_infer(bundle, small_datalist, tiny_sam_checkpoint, readm
     overlays = sorted((tmp_path / "predictions" / "UCL" / "overlays").glob("*.png"))
     assert len(overlays) == len(test_split)
     assert Image.open(overlays[0]).size == tuple(volumes[volume]["shape"][:2][::-1])
+
+
+def _rgb_two_channel_site(folder):
+    """Six synthetic 2D RGB uint8 images (40 x 48) with two label channels (a disc and a cup inside it),
+    in the prepared-data format of the fundus datasets (slice null)."""
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    yy, xx = np.mgrid[:40, :48]
+    samples = []
+    for i in range(6):
+        cy, cx = 20 + rng.integers(-4, 5), 24 + rng.integers(-4, 5)
+        disc, cup = (yy - cy) ** 2 + (xx - cx) ** 2 < 100, (yy - cy) ** 2 + (xx - cx) ** 2 < 25
+        image = rng.integers(0, 80, (3, 40, 48)).astype(np.uint8)
+        image[:, disc] += 100
+        image[:, cup] += 60
+        np.save(folder / "images" / f"img{i}.npy", image)
+        np.save(folder / "images" / f"img{i}_label.npy", np.stack([disc, cup]).astype(np.uint8))
+        samples.append({"image": f"images/img{i}.npy", "label": f"images/img{i}_label.npy", "volume": f"img{i}", "slice": None})
+    metadata = {"site": "RGB", "dataset": "fundus", "num_volumes": 6, "num_slices": 6, "label_channels": ["OD", "OC"],
+                "synthetic": True, "source_release": "test", "volumes": {s["volume"]: {"source": "x.png", "shape": [40, 48, 3],
+                                                                                         "affine": None, "slice_axis": None} for s in samples}}
+    content = {"training": samples[:4], "validation": samples[4:], "test": samples, "metadata": metadata}
+    (folder / "datalist.json").write_text(json.dumps(content))
+    return folder / "datalist.json"
+
+
+def test_unet_on_2d_rgb_images_with_two_label_channels(readme_command, tmp_path):
+    env = {"DATALIST": str(_rgb_two_channel_site(tmp_path / "RGB")), "OUT": str(tmp_path / "out")}
+    small = ["--image_size", "32", "--num_classes", "2", "--batch_size", "2", "--max_epochs", "1", "--num_workers", "0"]
+    readme_command("unet", "Train", env, small)
+    readme_command("unet", "Evaluate", env, small)
+    summary = json.loads((tmp_path / "out" / "eval" / "evaluation_summary.json").read_text())
+    assert set(summary["per_channel"]) == {"OD", "OC"} and summary["num_slices"] == 6
+    assert "dice_3d" not in summary  # 2D images: no volumes
+    readme_command("unet", "Inference", env, small)
+    for i in range(6):
+        for channel in ("OD", "OC"):
+            mask = np.asarray(Image.open(tmp_path / "out" / "predictions" / "RGB" / f"img{i}_{channel}.png"))
+            assert mask.shape == (40, 48) and set(np.unique(mask)) <= {0, 255}
+    assert len(list((tmp_path / "out" / "predictions" / "RGB" / "overlays").glob("img*.png"))) == 6
