@@ -24,6 +24,7 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 def test_fedmsa_job_in_poc_mode(tmp_path, data_root, sam_checkpoint, small_settings, small_sites):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
     env["HOME"] = str(tmp_path / "home")  # poc prepare and the CLI config write under HOME
+    (tmp_path / "home").mkdir()
     nvflare = str(Path(sys.executable).with_name("nvflare"))
 
     def cli(*args: str, timeout: int = 300) -> str:
