@@ -27,14 +27,29 @@ def test_vit_b_runs_at_256(cls):
         assert model(torch.rand(1, 3, 256, 256)).shape == (1, 1, 64, 64)
 
 
-def test_binary_output_is_mask_token_0():
-    model = SAMSegmenter(model_type="vit_tiny", image_size=64).eval()
-    x = torch.rand(2, 3, 64, 64)
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_batched_prompt_free_decoding_equals_per_image_decoding(num_classes):
+    """The batch shares one empty prompt set; each image must decode exactly as if alone (binary:
+    SAM's single-mask output, i.e. mask token 0; C > 1: the class head over the 4 mask outputs)."""
+    model = SAMSegmenter(model_type="vit_tiny", num_classes=num_classes, image_size=64).eval()
+    x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         emb = model.encode(x)
         pe = model.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
-        masks, _ = model.mask_decoder(emb[1:2], pe, emb.new_zeros((1, 0, 256)), 0.0, multimask_output=False)
-        assert torch.allclose(model(x)[1:2], masks, atol=1e-6)
+        no_prompts = emb.new_zeros((1, 0, 256))
+        if num_classes == 1:
+            alone = [model.mask_decoder(e[None], pe, no_prompts, 0.0, multimask_output=False)[0] for e in emb]
+        else:
+            alone = [model.class_head(model.mask_decoder.predict_masks(e[None], pe, no_prompts, 0.0)[0]) for e in emb]
+        assert torch.allclose(model(x), torch.cat(alone), atol=1e-5)
+
+
+def test_traced_model_takes_any_batch_size():
+    model = MSASegmenter(model_type="vit_tiny", num_classes=2, image_size=64).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.rand(1, 3, 64, 64), check_trace=False)
+        x = torch.rand(3, 3, 64, 64)
+        assert torch.allclose(traced(x), model(x), atol=1e-6)
 
 
 def test_bad_input_shape_is_named():

@@ -145,13 +145,9 @@ class PromptFreeSegmenter(nn.Module):
         image_pe = self.prompt_encoder.pe_layer(tuple(embeddings.shape[-2:])).unsqueeze(0)
         no_prompts = embeddings.new_zeros((1, 0, PROMPT_EMBED_DIM))
         no_dense = embeddings.new_zeros(())
-        # SAM's decoder repeats one image per prompt set; prompt-free, each image is decoded alone.
-        masks = torch.cat(
-            [
-                self.mask_decoder.predict_masks(embedding[None], image_pe, no_prompts, no_dense)[0]
-                for embedding in embeddings
-            ]
-        )
+        # One empty prompt set shared by the whole batch: SAM's decoder repeats each image once per
+        # prompt set (here once), and its attention broadcasts the single token set over the B images.
+        masks, _ = self.mask_decoder.predict_masks(embeddings, image_pe, no_prompts, no_dense)
         return masks[:, :1] if self.class_head is None else self.class_head(masks)
 
 
