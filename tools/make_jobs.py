@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=100, help="federated rounds (paper: 100)")
     parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (paper: 1)")
     parser.add_argument("--model-type", default="vit_b", help="SAM encoder: vit_b (paper), vit_l (FedMSA-L), vit_h, vit_tiny")
-    parser.add_argument("--image-size", type=int, default=1024, help="input size, a multiple of 16 (paper: 1024)")
+    parser.add_argument("--image-size", type=int,
+                        help="input size, a multiple of 16 (default: 1024 for SAM as in the paper, U-Net bundle default)")
     parser.add_argument("--batch-size", type=int, help="default: the paper's for the method and dataset")
     parser.add_argument("--min-clients", type=int, help="default: all training sites but one")
     parser.add_argument("--train-timeout", type=int, default=0, help="seconds per site and round, 0 = no limit")

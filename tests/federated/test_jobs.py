@@ -15,7 +15,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.class_utils import instantiate_class
 
-from fedfms.federated import DATASETS, METHOD_BUNDLES, JobSettings, client_name
+from fedfms.federated import DATASETS, METHOD_BUNDLES, JobSettings, client_name, write_job
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
@@ -98,3 +98,16 @@ def test_job_aggregator_weights_sites_by_training_samples():
     expected = (sites["A"][0] * 97 + sites["B"][0] * 41 + sites["C"][0] * 5) / (97 + 41 + 5)
     np.testing.assert_allclose(result, expected, rtol=1e-6)
     assert not np.allclose(result, np.mean([w for w, _ in sites.values()], axis=0))
+
+
+def test_embedded_code_travels_inside_the_job(tmp_path):
+    settings = JobSettings("fedmsa", "prostate", held_out=("UCL",), image_size=256)
+    job = write_job(settings, tmp_path, REPO / "bundles", embed_code=True)
+    custom = job / "app" / "custom" / "fedfms"
+    assert (custom / "federated" / "executor.py").read_text() == (REPO / "custom" / "fedfms" / "federated" / "executor.py").read_text()
+    assert not list(custom.rglob("__pycache__"))
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert _component(server, "scatter_and_gather")["args"]["train_sites"] == ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI1_5"]
+    assert _component(server, "persistor")["args"]["overrides"]["image_size"] == 256
+    unet = JobSettings("fedunet", "prostate").bundle_overrides()
+    assert "image_size" not in unet and JobSettings("fedunet", "prostate", image_size=64).bundle_overrides()["image_size"] == 64

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from fedfms.data import get_preparer
+from fedfms.networks.configs import SAM_IMAGE_SIZE
 
 #: method -> bundle folder under bundles/
 METHOD_BUNDLES: Dict[str, str] = {"fedsam": "sam", "fedmsa": "msa", "fedunet": "unet"}
@@ -53,7 +54,8 @@ class JobSettings:
     sites: site folders taking part (default: every site of the dataset's preparer).
     held_out: sites that only evaluate (leave-one-site-out's unseen site); the others train.
     num_rounds / local_epochs: FedAvg rounds and local epochs per round.
-    model_type / image_size: SAM encoder ("vit_b", "vit_l", "vit_h", "vit_tiny") and input size.
+    model_type: SAM encoder ("vit_b", "vit_l", "vit_h", "vit_tiny"; ignored for fedunet).
+    image_size: input size; None = the paper's 1024 for SAM, the U-Net bundle's default for fedunet.
     batch_size: None = the paper's for this method and dataset (bundle default for fedunet).
     min_clients: training results a round needs; None = all training sites but one, so one failing
         site does not stop the job. wait_time_after_min_received: seconds the server then still waits
@@ -70,7 +72,7 @@ class JobSettings:
     num_rounds: int = 100
     local_epochs: int = 1
     model_type: str = "vit_b"
-    image_size: int = 1024
+    image_size: Optional[int] = None
     batch_size: Optional[int] = None
     min_clients: Optional[int] = None
     wait_time_after_min_received: int = 3600
@@ -104,7 +106,9 @@ class JobSettings:
         """The bundle config overrides the job sets (the same on the server and on every site)."""
         overrides: Dict[str, object] = {"num_classes": NUM_CLASSES.get(self.dataset, 1)}
         if self.method != "fedunet":
-            overrides.update(model_type=self.model_type, image_size=self.image_size)
+            overrides.update(model_type=self.model_type, image_size=self.image_size or SAM_IMAGE_SIZE)
+        elif self.image_size:
+            overrides["image_size"] = self.image_size
         batch = self.batch_size or PAPER_BATCH_SIZES.get((self.method, self.dataset)) or PAPER_BATCH_SIZES.get((self.method, None))
         if batch:
             overrides["batch_size"] = batch
