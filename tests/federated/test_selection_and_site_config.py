@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedfms.federated.selection import TransmissionError, check_incoming, describe, select_outgoing, transmitted_names
+from fedfms.federated.selection import (
+    TransmissionError, check_incoming, describe, frozen_fingerprint, select_outgoing, transmitted_names,
+)
 from fedfms.federated.site_config import (
     COMPONENT_PREFIX, SITE_CONFIG_FILE, SiteConfigError, allow_fedfms_components, resolve_sam_checkpoint,
     resolve_site_config,
@@ -76,3 +78,13 @@ def test_allow_listing_keeps_the_provisioned_resources(tmp_path):
     assert resources == {"format_version": 2, "class_allow_list": ["nvflare.", COMPONENT_PREFIX]}
     allow_fedfms_components(tmp_path)  # idempotent
     assert json.loads(path.read_text())["class_allow_list"].count(COMPONENT_PREFIX) == 1
+
+
+def test_frozen_fingerprint_tracks_only_the_weights_that_stay_home(msa):
+    names = transmitted_names(msa)
+    state = {k: v.clone() for k, v in msa.state_dict().items()}
+    reference = frozen_fingerprint(state, names)
+    state[sorted(names)[0]] += 1.0  # training changes transmitted tensors: same frozen weights
+    assert frozen_fingerprint(state, names) == reference
+    state["image_encoder.patch_embed.proj.weight"][0, 0, 0, 0] += 1e-3  # another SAM checkpoint
+    assert frozen_fingerprint(state, names) != reference

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfms.federated.selection import describe
+from fedfms.federated.selection import FROZEN_SHA256, describe, frozen_fingerprint
 from fedfms.networks import MSASegmenter, SAMSegmenter
 
 
@@ -43,6 +43,12 @@ def test_fedmsa_simulator_sends_only_adapters_decoder_head_and_averages_by_sampl
     for _, arrays, _ in sent + received:
         assert describe(arrays) == expected
     assert {site for site, _, _ in sent} == {"HK", "ISBI1_5"}  # the held-out site never trains
+    # ... and every model the server sent names the frozen weights it was built on: the shared checkpoint.
+    site_model = MSASegmenter(model_type="vit_tiny", image_size=64, checkpoint=sam_checkpoint)
+    fingerprint = frozen_fingerprint(site_model.state_dict(), reference.transmitted_keys())
+    round0 = [json.loads(p.read_text())["meta"] for p in run.audit.glob("*.in.train.0.json")]
+    evaluated = [record["meta"] for _, _, record in _records(run.audit, "in", "validate")]
+    assert [m.get(FROZEN_SHA256) for m in round0 + evaluated] == [fingerprint] * (2 + 6)
 
     # FedAvg weighted by each site's number of training samples, checked against a hand-computed mean.
     final_round = {site: (arrays, record["meta"]["NUM_STEPS_CURRENT_ROUND"]) for site, arrays, record in sent}  # index 1 last

@@ -1,7 +1,8 @@
 """The site side of a fedfms job: an NVFlare Executor that runs the job's MONAI bundle.
 
 Each round (task "train") the site
-1. accepts the global model only if it holds exactly its transmitted tensors (``selection``),
+1. accepts the global model only if it holds exactly its transmitted tensors (``selection``) and was
+   built on the same frozen weights (fingerprint in the DXO meta),
 2. validates it on the site's validation split (the bundle's ``validate#evaluator``),
 3. trains ``local_epochs`` epochs from it with the bundle's ``train#trainer`` (driven by
    ``monai.fl.client.MonaiAlgo``),
@@ -33,7 +34,10 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from .bundle import EVALUATE_CONFIG, TRAIN_CONFIG, uses_sam_checkpoint
-from .selection import check_incoming, select_outgoing, serialized_size, transmitted_names
+from .selection import (
+    FROZEN_SHA256, TransmissionError, check_incoming, frozen_fingerprint, select_outgoing, serialized_size,
+    transmitted_names,
+)
 from .site_config import resolve_site_config
 
 #: Keys of the per-round result's meta and metrics (read by the server's JobReport).
@@ -97,6 +101,7 @@ class BundleExecutor(Executor):
         self.trainer_algo: Optional[MonaiAlgo] = None
         self.evaluate_algo: Optional[MonaiAlgo] = None
         self.names: frozenset[str] = frozenset()
+        self.fingerprint: Optional[str] = None
         self.num_train_samples = 0
         self.writer = None
 
@@ -188,16 +193,25 @@ class BundleExecutor(Executor):
             self.log_exception(fl_ctx, f"site {self.site}: task {task_name} failed: {err}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
 
-    def _received(self, shareable: Shareable, what: str) -> ExchangeObject:
+    def _received(self, shareable: Shareable, what: str, network: torch.nn.Module) -> ExchangeObject:
         dxo = from_shareable(shareable)
         if dxo.data_kind != DataKind.WEIGHTS:
             raise ValueError(f"{what}: expected a DXO of {DataKind.WEIGHTS}, got {dxo.data_kind}")
+        expected = dxo.get_meta_prop(FROZEN_SHA256)
+        if expected is not None:
+            if self.fingerprint is None:
+                self.fingerprint = frozen_fingerprint(network.state_dict(), self.names)
+            if expected != self.fingerprint:
+                raise TransmissionError(
+                    f"{what} was built on other frozen weights than site {self.site}'s (SAM checkpoint "
+                    f"{self.bundle_overrides.get('sam_checkpoint') or 'none: random init'}); the server and every "
+                    "site must load the same SAM checkpoint file")
         return ExchangeObject(weights=check_incoming(dxo.data, self.names, what))
 
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         algo = self._trainer_algo(fl_ctx)
         current_round = shareable.get_header(AppConstants.CURRENT_ROUND, 0)
-        global_model = self._received(shareable, f"server (round {current_round})")
+        global_model = self._received(shareable, f"server (round {current_round})", algo.trainer.network)
 
         metrics = _scalars(algo.evaluate(global_model).metrics)
         val_dice = metrics[algo.evaluator.state.key_metric_name]
@@ -230,7 +244,8 @@ class BundleExecutor(Executor):
     def _validate(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         algo = self._evaluate_algo(fl_ctx)
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
-        metrics = _scalars(algo.evaluate(self._received(shareable, f"server model {owner}")).metrics)
+        received = self._received(shareable, f"server model {owner}", algo.evaluator.network)
+        metrics = _scalars(algo.evaluate(received).metrics)
         test_dice = metrics[algo.evaluator.state.key_metric_name]
         self.log_info(fl_ctx, f"site {self.site}: model {owner} test Dice {test_dice:.4f}")
         return DXO(DataKind.METRICS, {TEST_DICE: test_dice, **metrics}).to_shareable()

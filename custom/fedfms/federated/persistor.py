@@ -11,7 +11,7 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey,
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from .bundle import build_bundle_network, uses_sam_checkpoint
-from .selection import select_outgoing, transmitted_names
+from .selection import FROZEN_SHA256, frozen_fingerprint, select_outgoing, transmitted_names
 from .site_config import resolve_sam_checkpoint
 
 
@@ -22,7 +22,7 @@ class TransmittedModelPersistor(PTFileModelPersistor):
     aggregated tensors merged into the server's initial model. Every model it hands out (the initial
     global model of round 0, and the final and best models for cross-site evaluation) is reduced to the
     transmitted tensors by ``selection.select_outgoing``, so a frozen FedMSA encoder never leaves the
-    server either. For SAM bundles the server builds the model from its own SAM checkpoint (site config
+    server either; the models it sends carry the fingerprint of its frozen weights, which sites check. For SAM bundles the server builds the model from its own SAM checkpoint (site config
     of the server workspace, see ``site_config``) so round 0 starts every site from the pretrained
     decoder; without one, SAM weights are random.
 
@@ -37,6 +37,7 @@ class TransmittedModelPersistor(PTFileModelPersistor):
         self.bundle_root = bundle_root
         self.overrides = dict(overrides or {})
         self.names: frozenset[str] = frozenset()
+        self.fingerprint = ""
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         bundle_root = os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.bundle_root)
@@ -47,6 +48,7 @@ class TransmittedModelPersistor(PTFileModelPersistor):
             self.log_info(fl_ctx, f"global model SAM weights: {checkpoint or 'random initialisation'}")
         self.model = build_bundle_network(bundle_root, overrides)
         self.names = transmitted_names(self.model)
+        self.fingerprint = frozen_fingerprint(self.model.state_dict(), self.names)
         self.log_info(
             fl_ctx,
             f"global model {type(self.model).__name__}: {len(self.model.state_dict())} tensors held, "
@@ -58,7 +60,7 @@ class TransmittedModelPersistor(PTFileModelPersistor):
         if ml is None:
             return None
         weights = select_outgoing(ml[ModelLearnableKey.WEIGHTS], self.names, f"server {what}")
-        return make_model_learnable(weights, ml.get(ModelLearnableKey.META))
+        return make_model_learnable(weights, {**(ml.get(ModelLearnableKey.META) or {}), FROZEN_SHA256: self.fingerprint})
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         return self._transmitted(super().load_model(fl_ctx), "initial global model")

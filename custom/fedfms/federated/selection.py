@@ -10,6 +10,7 @@ on every model it sends. Tensors travel as numpy arrays (NVFlare's default for P
 
 from __future__ import annotations
 
+import hashlib
 from typing import Collection, Dict, List, Mapping, Tuple
 
 import numpy as np
@@ -21,6 +22,8 @@ from torch import nn
 from fedfms.networks import transmitted_keys
 
 _SHOWN = 5
+#: DXO meta key of the frozen-weights fingerprint the server attaches to the models it sends.
+FROZEN_SHA256 = "fedfms_frozen_sha256"
 
 
 class TransmissionError(ValueError):
@@ -64,6 +67,20 @@ def check_incoming(weights: Mapping[str, object], names: Collection[str], source
         problems = [f"{label}: {_first(keys)}" for label, keys in (("unexpected", unexpected), ("missing", missing)) if keys]
         raise TransmissionError(f"model from {source} is not this site's transmitted state; " + "; ".join(problems))
     return {name: torch.as_tensor(np.asarray(value)) for name, value in weights.items()}
+
+
+def frozen_fingerprint(state: Mapping[str, torch.Tensor], names: Collection[str]) -> str:
+    """SHA-256 over the tensors of ``state`` that are NOT transmitted (name, dtype, shape, values).
+
+    The frozen weights never travel, so each participant loads them from its own SAM checkpoint; the
+    server puts its fingerprint in the DXO meta of the models it sends (FROZEN_SHA256) and a site
+    refuses a model built on different frozen weights (another checkpoint, or unequal random init)."""
+    digest = hashlib.sha256()
+    for name in sorted(set(state) - set(names)):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def describe(weights: Mapping[str, object]) -> List[Tuple[str, Tuple[int, ...], str]]:
