@@ -1,0 +1,186 @@
+"""Which runs a leave-one-site-out study makes, and with which data.
+
+For every held-out (unseen) site, every method trains on the other sites of the dataset (the source
+sites): federated methods as one NVFlare job with that site held out, centralized ones on the pooled
+source datalists. SAM-based methods run with the given SAM checkpoint and, for the -PT ablation,
+without one. Nothing here trains: ``plan_study`` only lists the runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from fedfms.data import get_preparer
+
+from .methods import Method, column_label, get_method, paper_row
+
+
+class StudyError(ValueError):
+    """The study cannot be planned: missing data, unknown site or method, bad settings."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A prepared site: its folder name under DATA_ROOT/DATASET, its datalist, the site name its
+    datalist's metadata gives (the key of per-site evaluation results), and whether it is synthetic."""
+
+    folder: str
+    datalist: Path
+    name: str
+    synthetic: bool
+    num_test: int
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything that defines a study (the resolved profile plus command-line overrides).
+
+    methods: names from fedfms.study.methods.METHODS; held_out: unseen sites (folder names), empty = every
+    site in turn; no_pretraining: add the -PT ablation of the SAM-based methods when a checkpoint is
+    given (without a checkpoint every SAM-based run is already -PT); sam_checkpoint: official SAM
+    weights or None; checkpoint: which trained model is evaluated, "best" (by validation Dice on the
+    source sites) or "final"; cpu_threads: OpenMP threads per child process (None = torch default,
+    in the simulator cores / sites per site); threads: simulator threads (None = one per site); device: bundle device
+    (None = the bundles' default, cuda:0 if available).
+    """
+
+    dataset: str
+    data_root: Path
+    out: Path
+    methods: Tuple[str, ...]
+    held_out: Tuple[str, ...] = ()
+    no_pretraining: bool = False
+    sam_checkpoint: Optional[Path] = None
+    profile: str = "paper"
+    model_type: str = "vit_b"
+    image_size: Optional[int] = None
+    rounds: int = 100
+    local_epochs: int = 1
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    num_workers: Optional[int] = None
+    cpu_threads: Optional[int] = None
+    checkpoint: str = "best"
+    threads: Optional[int] = None
+    device: Optional[str] = None
+    seed: int = 1337
+    command: str = ""
+
+    def as_json(self) -> Dict[str, object]:
+        """The settings as JSON-ready values (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One trained model of the study.
+
+    name: folder under OUT/runs/; pretrained: SAM weights from the checkpoint (False = -PT, None for
+    U-Net); sources: the training sites; evaluated: every site the model is tested on (held-out first).
+    """
+
+    name: str
+    method: Method
+    held_out: Site
+    sources: Tuple[Site, ...]
+    pretrained: Optional[bool]
+    label: str
+    paper_row: Optional[str]
+    settings: Dict[str, object] = field(compare=False)
+
+    @property
+    def evaluated(self) -> Tuple[Site, ...]:
+        return (self.held_out, *self.sources)
+
+    @property
+    def training_datalists(self) -> List[Path]:
+        """The source sites' datalists: pooled for a centralized run, one per client for a federated one."""
+        return [s.datalist for s in self.sources]
+
+
+def discover_sites(data_root: Path, dataset: str) -> List[Site]:
+    """Prepared sites of ``dataset`` under ``data_root`` (folders with a datalist.json), in the dataset's
+    registered order, then any other folder alphabetically. StudyError if fewer than two exist."""
+    folder = Path(data_root) / dataset
+    if not folder.is_dir():
+        raise StudyError(f"{folder} does not exist: prepare the data first (tools/prepare_data.py {dataset} "
+                         f"--src ... --out {data_root}, or tools/make_demo_data.py --out {data_root} for prostate)")
+    found = {p.parent.name: p for p in folder.glob("*/datalist.json") if not p.parent.name.startswith(".")}
+    order = [s for s in get_preparer(dataset).sites if s in found] + sorted(set(found) - set(get_preparer(dataset).sites))
+    sites = []
+    for name in order:
+        path = found[name]
+        try:
+            content = json.loads(path.read_text())
+            meta = content["metadata"]
+            sites.append(Site(name, path.resolve(), str(meta.get("site", name)), bool(meta.get("synthetic", False)),
+                              len(content["test"])))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise StudyError(f"{path}: not a prepared datalist (expected 'metadata' and 'test'): {err}") from err
+    if len(sites) < 2:
+        raise StudyError(f"{folder}: leave-one-site-out needs at least two prepared sites, found {[s.folder for s in sites]}")
+    return sites
+
+
+def pretraining_variants(method: Method, settings: StudySettings) -> List[Optional[bool]]:
+    """[True] with a checkpoint, plus False for the -PT ablation; [False] without a checkpoint (the SAM
+    weights are then random: the run is -PT whatever the flag says); [None] for U-Net."""
+    if not method.uses_sam:
+        return [None]
+    if settings.sam_checkpoint is None:
+        return [False]
+    return [True, False] if settings.no_pretraining else [True]
+
+
+def run_name(method: Method, pretrained: Optional[bool], held_out: Site) -> str:
+    """Folder name of a run under OUT/runs/: METHOD[-pt]__HELDOUT."""
+    return f"{method.name}{'-pt' if pretrained is False else ''}__{held_out.folder}"
+
+
+def _run_settings(settings: StudySettings, method: Method, pretrained: Optional[bool], held_out: Site,
+                  sources: Sequence[Site]) -> Dict[str, object]:
+    """What determines a run's result: a finished run is reused (--resume) only if this is unchanged."""
+    values: Dict[str, object] = {
+        "dataset": settings.dataset, "method": method.name, "held_out": held_out.folder,
+        "sources": [s.folder for s in sources], "datalists": [str(s.datalist) for s in (held_out, *sources)],
+        "image_size": settings.image_size, "rounds": settings.rounds, "local_epochs": settings.local_epochs,
+        "batch_size": settings.batch_size, "learning_rate": settings.learning_rate, "checkpoint": settings.checkpoint,
+        "seed": settings.seed,
+    }
+    if method.uses_sam:
+        values.update(model_type=settings.model_type, pretrained=pretrained,
+                      sam_checkpoint=str(settings.sam_checkpoint) if pretrained else None)
+    return values
+
+
+def plan_study(settings: StudySettings, sites: Sequence[Site]) -> List[StudyRun]:
+    """The runs of the study, grouped by held-out site (in site order), then in the order of
+    ``settings.methods``, pretrained before -PT. StudyError for unknown methods or held-out sites."""
+    try:
+        methods = [get_method(m) for m in settings.methods]
+    except ValueError as err:
+        raise StudyError(str(err)) from err
+    if not methods:
+        raise StudyError("no methods selected")
+    by_folder = {s.folder: s for s in sites}
+    by_lower = {s.folder.lower(): s for s in sites}
+    unknown = [h for h in settings.held_out if h.lower() not in by_lower]
+    if unknown:
+        raise StudyError(f"held-out sites {unknown} are not prepared sites of {settings.dataset} under "
+                         f"{settings.data_root}: {list(by_folder)}")
+    held = [by_lower[h.lower()] for h in settings.held_out] if settings.held_out else list(sites)
+    runs = []
+    for unseen in dict.fromkeys(held):  # keeps the order, drops repeats
+        sources = tuple(s for s in sites if s != unseen)
+        for method in dict.fromkeys(methods):
+            for pretrained in pretraining_variants(method, settings):
+                runs.append(StudyRun(
+                    name=run_name(method, pretrained, unseen), method=method, held_out=unseen, sources=sources,
+                    pretrained=pretrained, label=column_label(method, bool(pretrained), settings.model_type),
+                    paper_row=paper_row(method, bool(pretrained), settings.model_type),
+                    settings=_run_settings(settings, method, pretrained, unseen, sources)))
+    return runs
