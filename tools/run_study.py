@@ -91,17 +91,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     settings.out.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up like Ctrl-C (staging folder, children)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(settings.out / "study.log")], force=True)
+    # The study's own logger only (not the root logger): the children log into their own files.
+    log = logging.getLogger("fedfms.study")
+    handlers = [logging.StreamHandler(), logging.FileHandler(settings.out / "study.log")]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         outcome = run_study(settings, ROOT / "bundles", resume=args.resume, progress=not args.quiet)
     except StudyError as err:
-        logging.getLogger("fedfms.study").error("error: %s", err)
+        log.error("error: %s", err)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept in OUT/runs; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
     print("\n" + (settings.out / "results.md").read_text())
     if outcome.failures:
         print("FAILED runs: " + ", ".join(f"{r['name']} ({r['error'].splitlines()[0]})" for r in outcome.failures))
@@ -110,4 +119,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up like Ctrl-C (staging folder, children)
     sys.exit(main())

@@ -42,7 +42,9 @@ def result_rows(records: Sequence[Mapping], dataset: str) -> List[Dict[str, obje
             "paper_row": rec.get("paper_row"),
             "paper_dice": _mean([d for d, _ in paper.values()]) if paper else None,
             "paper_iou": _mean([i for _, i in paper.values()]) if paper else None,
-            "per_channel": held.get("per_channel"), "run": rec["name"], "error": rec.get("error"),
+            "per_channel": held.get("per_channel"), "run": rec["name"],
+            # The first line names the failure; the full error and log tail stay in the run's record.json.
+            "error": rec["error"].splitlines()[0] if rec.get("error") else None,
         })
     return rows
 
@@ -101,7 +103,8 @@ def results_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     failed = [r for r in rows if r["status"] != "finished"]
     if failed:
         parts.append("## Failed runs\n")
-        parts += [f"- `{r['run']}` ({r['label']}, {r['held_out']} held out): {r['error']}" for r in failed]
+        parts += [f"- `{r['run']}` ({r['label']}, {r['held_out']} held out): {r['error']} (details: runs/{r['run']}/record.json)"
+                  for r in failed]
         parts.append("")
     parts.append(f"Wall time of the study: {meta['wall_time_s']:.0f} s.\n")
     return "\n".join(parts)

@@ -1,0 +1,52 @@
+"""A failing run is recorded and the study goes on; --resume skips finished runs; runs are published
+atomically (no training: the bundles folder is empty, so every run fails at once)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from fedfms.study import StudySettings, discover_sites, plan_study
+from fedfms.study.study import run_study
+
+
+def study(root: Path, out: Path, **kwargs) -> StudySettings:
+    return StudySettings(dataset="prostate", data_root=root, out=out, methods=("fedunet", "unet"), held_out=("UCL",),
+                         model_type="vit_tiny", image_size=64, rounds=1, command="pytest", **kwargs)
+
+
+def test_failures_are_recorded_and_the_study_continues(fake_root, tmp_path):
+    out = tmp_path / "out"
+    (out / "runs" / ".unet__UCL.tmp-killed").mkdir(parents=True)  # left behind by a hard kill
+    outcome = run_study(study(fake_root, out), bundles_dir=tmp_path / "no_bundles", progress=False)
+    assert [r["name"] for r in outcome.records] == ["fedunet__UCL", "unet__UCL"]
+    assert [r["name"] for r in outcome.failures] == ["fedunet__UCL", "unet__UCL"]
+    fed = json.loads((out / "runs" / "fedunet__UCL" / "record.json").read_text())
+    assert fed["status"] == "failed" and fed["metrics"] is None
+    assert "FileNotFoundError" in fed["error"] and "no_bundles/unet/configs/train.json" in fed["error"]
+    central = json.loads((out / "runs" / "unet__UCL" / "record.json").read_text())
+    assert central["error"].startswith("StepError: exit code") and "monai.bundle run" in central["commands"][0]["command"]
+    assert (out / "runs" / "unet__UCL" / "train.log").is_file()  # the failing command's log is kept
+    assert central["study_command"] == "pytest" and central["settings"]["held_out"] == "UCL"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["fedunet__UCL", "unet__UCL"]  # no staging left
+    text = (out / "results.md").read_text()
+    assert "## Failed runs" in text and "| UCL | failed / 0.563 | failed / - |" in text
+    assert "- `unet__UCL` (U-Net, UCL held out): StepError: exit code 1: " in text and "Traceback" not in text
+
+
+def test_resume_skips_finished_runs_with_unchanged_settings(fake_root, tmp_path):
+    settings = study(fake_root, tmp_path / "out")
+    planned = {r.name: r for r in plan_study(settings, discover_sites(fake_root, "prostate"))}
+    finished = {"name": "unet__UCL", "label": "U-Net", "method": "unet", "federated": False, "pretrained": None,
+                "held_out": "UCL", "status": "finished", "paper_row": None, "settings": planned["unet__UCL"].settings,
+                "metrics": {"held_out": {"dice": 0.42}, "sources": {"HK": {"dice": 0.5}}}, "history": None, "error": None}
+    run_dir = tmp_path / "out" / "runs" / "unet__UCL"
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps(finished))
+    outcome = run_study(settings, bundles_dir=tmp_path / "no_bundles", resume=True, progress=False)
+    assert outcome.records[1] == finished and [r["name"] for r in outcome.failures] == ["fedunet__UCL"]
+    assert "| UCL | failed / 0.563 | 0.4200 / - |" in (tmp_path / "out" / "results.md").read_text()
+    # Changed settings (another number of rounds): the finished run is not reused but run again.
+    outcome = run_study(replace(settings, rounds=2), bundles_dir=tmp_path / "no_bundles", resume=True, progress=False)
+    assert [r["name"] for r in outcome.failures] == ["fedunet__UCL", "unet__UCL"]
