@@ -14,6 +14,7 @@ from fedfms.study import StudyError, StudySettings, discover_sites, plan_study
 from fedfms.study.commands import bundle_command
 from fedfms.study.runs import FAILED, FINISHED, _bundle_overrides, is_reusable, job_settings, sam_weights
 
+REPO = Path(__file__).resolve().parents[2]
 ALL = ("fedunet", "unet", "fedsam", "sam", "fedmsa", "msa")
 
 
@@ -108,13 +109,15 @@ def test_federated_job_and_centralized_overrides_agree(fake_root, tmp_path):
 
 
 def test_bundle_command_passes_pooled_datalists_as_a_list():
-    argv = bundle_command(Path("bundles/msa"), "evaluate", ["train.json", "evaluate.json"],
+    argv = bundle_command(REPO / "bundles" / "msa", "evaluate", ["train.json", "evaluate.json"],
                           {"datalist": ["/d/a/datalist.json", "/d/b/datalist.json"], "sam_checkpoint": None, "image_size": 64})
     assert argv[1:5] == ["-m", "monai.bundle", "run", "evaluate"]
-    assert ast.literal_eval(argv[argv.index("--config_file") + 1]) == ["bundles/msa/configs/train.json",
-                                                                      "bundles/msa/configs/evaluate.json"]
+    assert ast.literal_eval(argv[argv.index("--config_file") + 1]) == [str(REPO / "bundles/msa/configs/train.json"),
+                                                                      str(REPO / "bundles/msa/configs/evaluate.json")]
     assert ast.literal_eval(argv[argv.index("--datalist") + 1]) == ["/d/a/datalist.json", "/d/b/datalist.json"]
     assert "--sam_checkpoint" not in argv and argv[-2:] == ["--image_size", "64"]
+    with pytest.raises(FileNotFoundError, match="bundle config .*nowhere/configs/train.json not found"):
+        bundle_command(REPO / "nowhere", "", ["train.json"], {})
 
 
 def test_resume_reuses_only_finished_runs_with_the_same_settings(fake_root):

@@ -4,10 +4,14 @@ atomically (no training: the bundles folder is empty, so every run fails at once
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from fedfms.study import StudySettings, discover_sites, plan_study
+from fedfms.study.commands import StepError, run_logged
 from fedfms.study.study import run_study
 
 
@@ -26,13 +30,13 @@ def test_failures_are_recorded_and_the_study_continues(fake_root, tmp_path):
     assert fed["status"] == "failed" and fed["metrics"] is None
     assert "FileNotFoundError" in fed["error"] and "no_bundles/unet/configs/train.json" in fed["error"]
     central = json.loads((out / "runs" / "unet__UCL" / "record.json").read_text())
-    assert central["error"].startswith("StepError: exit code") and "monai.bundle run" in central["commands"][0]["command"]
-    assert (out / "runs" / "unet__UCL" / "train.log").is_file()  # the failing command's log is kept
+    assert central["error"] == f"FileNotFoundError: bundle config {tmp_path}/no_bundles/unet/configs/train.json not found " \
+                               "(expected the repository's bundles/ folder)"
     assert central["study_command"] == "pytest" and central["settings"]["held_out"] == "UCL"
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["fedunet__UCL", "unet__UCL"]  # no staging left
     text = (out / "results.md").read_text()
     assert "## Failed runs" in text and "| UCL | failed / 0.563 | failed / - |" in text
-    assert "- `unet__UCL` (U-Net, UCL held out): StepError: exit code 1: " in text and "Traceback" not in text
+    assert "- `unet__UCL` (U-Net, UCL held out): FileNotFoundError: bundle config" in text and "Traceback" not in text
 
 
 def test_resume_skips_finished_runs_with_unchanged_settings(fake_root, tmp_path):
@@ -50,3 +54,13 @@ def test_resume_skips_finished_runs_with_unchanged_settings(fake_root, tmp_path)
     # Changed settings (another number of rounds): the finished run is not reused but run again.
     outcome = run_study(replace(settings, rounds=2), bundles_dir=tmp_path / "no_bundles", resume=True, progress=False)
     assert [r["name"] for r in outcome.failures] == ["fedunet__UCL", "unet__UCL"]
+
+
+def test_a_failing_child_is_reported_with_its_log(tmp_path):
+    log = tmp_path / "logs" / "step.log"
+    with pytest.raises(StepError, match=r"(?s)exit code 3: .*step.log, last lines:\n.*boom"):
+        run_logged([sys.executable, "-c", "import sys; print('boom', flush=True); sys.exit(3)"], log)
+    assert log.read_text().startswith("$ ") and "boom" in log.read_text()
+    with pytest.raises(StepError, match="timed out after 1 s"):
+        run_logged([sys.executable, "-c", "import time; time.sleep(30)"], log, timeout=1)
+    assert run_logged([sys.executable, "-c", "pass"], log) < 30

@@ -32,9 +32,13 @@ def bundle_command(bundle_root: Path, workflow: str, configs: Sequence[str], ove
     workflow: "" for the train config's default "run" key, "evaluate" for evaluate.json's; configs:
     file names under bundle_root/configs (later ones override earlier ones). None values are left
     out (the bundle default applies; ``monai.bundle run`` would drop them anyway); lists are passed as
-    Python literals, which is how the bundle README passes pooled datalists.
+    Python literals, which is how the bundle README passes pooled datalists. FileNotFoundError names
+    a missing config file before any process starts.
     """
     files = [str(Path(bundle_root) / "configs" / c) for c in configs]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"bundle config {missing[0]} not found (expected the repository's bundles/ folder)")
     argv = [sys.executable, "-m", "monai.bundle", "run", *([workflow] if workflow else []),
             "--config_file", files[0] if len(files) == 1 else repr(files), "--bundle_root", str(bundle_root)]
     for key, value in overrides.items():
