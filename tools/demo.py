@@ -20,201 +20,36 @@ pipeline working, not SAM's quality.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from fedfms.data import get_preparer
-from fedfms.data.demo import make_demo_data
-from fedfms.federated.bundle import EVALUATE_CONFIG, TRAIN_CONFIG, build_bundle_network
-from fedfms.federated.jobs import BUNDLE_IN_APP, JobSettings, write_job
-from fedfms.federated.report import ROUNDS_FILE, write_json_atomic, write_text_atomic
-from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
-from fedfms.networks import SAMSegmenter
-from fedfms.reporting.federation import dice_table, plot_learning_curve
+from fedfms.federated.demo import DemoOptions, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("demo")
-MODELS = {"before": "initial global model", "after": "final global model"}
-
-
-def random_sam_checkpoint(path: Path, model_type: str, seed: int) -> Path:
-    """Write a seeded random-init SAM state dict (segment_anything's layout) that every participant loads,
-    so the frozen encoder is the same everywhere, exactly as with an official checkpoint."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = SAMSegmenter(model_type=model_type)
-    state = {k: v for k, v in model.state_dict().items() if k not in set(model.new_keys())}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
-
-
-def save_initial_model(bundle: Path, settings: JobSettings, checkpoint: Path, path: Path) -> Path:
-    """The global model the server starts from (same builder and seed as TransmittedModelPersistor),
-    saved like NVFlare's PTFileModelPersistor files ({"model": state_dict})."""
-    network = build_bundle_network(bundle, {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": network.state_dict()}, tmp)
-    tmp.replace(path)
-    return path
-
-
-def run_simulator(job: Path, workspace: Path, threads: int, num_rounds: int, log_path: Path) -> float:
-    """Run ``nvflare simulator`` on ``job``; a progress bar follows the rounds. Returns seconds taken."""
-    nvflare = Path(sys.executable).with_name("nvflare")
-    command = [str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)]
-    log.info("running: %s  (log: %s)", " ".join(command), log_path)
-    rounds_file = workspace / "server" / "simulate_job" / ROUNDS_FILE
-    start = time.perf_counter()
-    env = os.environ.copy()
-    # One process per site: share the cores instead of oversubscribing them.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // threads)))
-    with open(log_path, "w") as out, tqdm(total=num_rounds, desc="federated rounds", unit="round") as bar:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(2)
-            if rounds_file.is_file():
-                with contextlib.suppress(json.JSONDecodeError, OSError):
-                    bar.update(len(json.loads(rounds_file.read_text())) - bar.n)
-    if process.returncode != 0 or not rounds_file.is_file():
-        raise RuntimeError(f"the simulator failed (exit code {process.returncode}); see {log_path}")
-    return time.perf_counter() - start
-
-
-def evaluate(bundle: Path, datalist: Path, ckpt: Path, output_dir: Path, overrides: dict, log_file) -> dict:
-    """Test-split Dice of ``ckpt`` on one site: the bundle's evaluate workflow, i.e. ``python -m monai.bundle
-    run evaluate --config_file "['train.json','evaluate.json']" ...``, run in this process (its output goes
-    to ``log_file``). Returns the slice-averaged Dice and the per-volume 3D Dice."""
-    from monai.bundle import run
-
-    logging.disable(logging.INFO)  # the workflow's own log lines would bury the demo's progress bar
-    try:
-        with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
-            run("evaluate", config_file=[str(bundle / TRAIN_CONFIG), str(bundle / EVALUATE_CONFIG)],
-                bundle_root=str(bundle), datalist=str(datalist), ckpt_path=str(ckpt), output_dir=str(output_dir),
-                **overrides)
-    finally:
-        logging.disable(logging.NOTSET)
-    summary = json.loads((output_dir / "evaluation_summary.json").read_text())
-    return {"dice": float(summary["dice"]), "dice_3d": float(summary["dice_3d"])}
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = DemoOptions()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (data, job, workspace, summary)")
     parser.add_argument("--sam-checkpoint", type=Path, help="an official SAM checkpoint (default: random SAM weights)")
-    parser.add_argument("--model-type", default="vit_tiny", help="SAM encoder; vit_b with sam_vit_b_01ec64.pth")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (multiple of 16)")
-    parser.add_argument("--rounds", type=int, default=3, help="federated rounds")
-    parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (paper: 1)")
-    parser.add_argument("--held-out", default="UCL", help="the site that never trains (leave-one-site-out)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3,
+    parser.add_argument("--model-type", default=defaults.model_type, help="SAM encoder; vit_b with sam_vit_b_01ec64.pth")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="input size (multiple of 16)")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds")
+    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="local epochs per round (paper: 1)")
+    parser.add_argument("--held-out", default=defaults.held_out, help="the site that never trains (leave-one-site-out)")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
                         help="demo default 1e-3 so a few rounds show learning (paper and jobs/: 1e-4)")
-    parser.add_argument("--threads", type=int, default=5, help="simulator threads (clients run in parallel)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the synthetic data and random SAM weights")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="simulator threads (clients run in parallel)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the synthetic data and random SAM weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-
-    log.info("1/4 synthetic data -> %s", out / "data")
-    make_demo_data(out / "data", seed=args.seed)
-    settings = JobSettings(
-        "fedmsa", "prostate", held_out=(args.held_out,), num_rounds=args.rounds, local_epochs=args.local_epochs,
-        model_type=args.model_type,
-        image_size=args.image_size, batch_size=4, name="fedmsa_prostate_demo",
-        min_clients=len(get_preparer("prostate").sites) - 1,  # wait for every training site each round
-        cross_site_eval=False,  # step 4 evaluates every site with the bundle's evaluate workflow instead
-        overrides={"learning_rate": args.learning_rate, "num_workers": 0},
-    )
-
-    if args.sam_checkpoint:
-        checkpoint, weights = args.sam_checkpoint.resolve(), f"SAM checkpoint {args.sam_checkpoint}"
-    else:
-        checkpoint = random_sam_checkpoint(out / f"sam_{args.model_type}_random_init.pth", args.model_type, args.seed)
-        weights = f"RANDOM SAM weights ({checkpoint.name}, no pretrained checkpoint given)"
-
-    log.info("2/4 job -> %s", out / "jobs" / settings.job_name)
-    job = write_job(settings, out / "jobs", ROOT / "bundles")
-    workspace = out / "workspace"
-    shutil.rmtree(workspace, ignore_errors=True)
-    allow_fedfms_components(workspace / "local")
-    write_json_atomic(workspace / "local" / SITE_CONFIG_FILE,
-                      {"data_root": str(out / "data"), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-
-    log.info("3/4 NVFlare simulator: %d rounds, training sites %s, held out %s",
-             args.rounds, ", ".join(settings.train_sites), args.held_out)
-    sim_seconds = run_simulator(job, workspace, args.threads, args.rounds, out / "simulator.log")
-    server = workspace / "server" / "simulate_job"
-    history = json.loads((server / ROUNDS_FILE).read_text())
-
-    log.info("4/4 evaluating the global models on every site's test split -> %s", out / "evaluation")
-    bundle = job / "app" / BUNDLE_IN_APP
-    models_dir = out / "models"
-    models_dir.mkdir(exist_ok=True)
-    checkpoints = {
-        "before": save_initial_model(bundle, settings, checkpoint, models_dir / "initial_global_model.pt"),
-        "after": Path(shutil.copy(server / "app_server" / "FL_global_model.pt", models_dir)),
-    }
-    shutil.copy(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
-    overrides = {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"}
-    overrides.pop("batch_size")
-    # The tiny model runs many small ops: one thread avoids OpenMP spin-waits on a shared machine.
-    torch.set_num_threads(1)
-    rows = []
-    with open(out / "evaluation.log", "w") as eval_log, tqdm(total=len(checkpoints) * len(settings.all_sites), desc="evaluations") as bar:
-        for site in settings.all_sites:
-            datalist = out / "data" / "prostate" / site / "datalist.json"
-            row = {"site": site, "role": "held out" if site in settings.held_out else "train",
-                   "test slices": len(json.loads(datalist.read_text())["test"])}
-            for key, ckpt in checkpoints.items():
-                scores = evaluate(bundle, datalist, ckpt, out / "evaluation" / key / site, overrides, eval_log)
-                row.update({f"{metric} {key}": value for metric, value in (("Dice", scores["dice"]), ("3D Dice", scores["dice_3d"]))})
-                bar.update()
-            rows.append(row)
-
-    table = dice_table(rows, [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS])
-    wall = time.perf_counter() - start
-    notes = [
-        "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release.",
-        f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {args.rounds} rounds).",
-        f"Weights: {weights}." + ("" if args.sam_checkpoint else " With random SAM weights and a few rounds "
-                                  "the model mostly learns where the gland lies: a pipeline check, not SAM's quality."),
-        f"Profile: FedMSA, {args.model_type}, {args.image_size} px, {args.rounds} rounds x {args.local_epochs} local epoch(s), lr "
-        f"{args.learning_rate}; {len(settings.train_sites)} sites train, {args.held_out} is held out. "
-        "Dice: test split, per 2D slice (sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on "
-        "the ~45% of slices without prostate); 3D Dice: per volume, averaged over volumes.",
-        f"Wall time: {wall:.0f} s (simulator {sim_seconds:.0f} s).",
-        "The real thing: prepare the public release with tools/prepare_data.py, give each site its data_root "
-        "and sam_vit_b_01ec64.pth in local/fedfms_site.json (or FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT), and "
-        "run jobs/fedmsa_prostate (ViT-B, 1024 px, 100 rounds) on GPUs; see README, 'Federated jobs'.",
-    ]
-    write_text_atomic(out / "summary.md", "# fedfms demo: FedMSA on synthetic prostate MRI\n\n" + table + "\n"
-                      + "\n".join(f"- {n}" for n in notes) + "\n")
-    write_json_atomic(out / "summary.json", {
-        "synthetic_data": True, "sam_weights": str(checkpoint), "random_sam_weights": not args.sam_checkpoint,
-        "method": "fedmsa", "model_type": args.model_type, "image_size": args.image_size, "rounds": args.rounds,
-        "learning_rate": args.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
-        "models": {k: str(v) for k, v in checkpoints.items()}, "sites": rows, "history": history,
-        "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_seconds, 1), "notes": notes,
-    })
-    plot_learning_curve(history, out / "learning_curve.png",
-                        title=f"FedMSA demo ({args.model_type}, synthetic data, {args.held_out} held out)")
-    print("\n" + table)
-    print("\n".join(notes))
-    print(f"\nwrote {out / 'summary.md'}, {out / 'summary.json'}, {out / 'learning_curve.png'}")
+    options = DemoOptions(**{k: v for k, v in vars(args).items() if k != "out"})
+    result = run_demo(args.out, options, ROOT / "bundles")
+    print("\n" + result["table"])
+    print("\n".join(result["notes"]))
+    print("\nwrote " + ", ".join(map(str, result["files"])))
     return 0
 
 
