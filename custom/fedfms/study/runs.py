@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from fedfms.federated import JobSettings, client_name, write_job
 from fedfms.federated.report import ROUNDS_FILE, write_json_atomic
@@ -221,8 +221,3 @@ def execute_run(run: StudyRun, ctx: RunContext) -> dict:
     write_json_atomic(stage / RECORD, record)
     _publish(stage, target)
     return record
-
-
-def planned_records(runs: List[StudyRun], out: Path) -> List[Optional[dict]]:
-    """The published record of each planned run (None where a run has not been published)."""
-    return [read_record(out / "runs" / r.name) for r in runs]

@@ -21,6 +21,7 @@ from fedfms.federated.report import write_json_atomic
 from fedfms.reporting.study_plots import plot_learning_curves, plot_site_bars
 from fedfms.reporting.study_tables import result_rows, write_results
 
+from .methods import get_method
 from .plan import StudyRun, StudySettings, discover_sites, plan_study
 from .runs import FINISHED, RunContext, execute_run, is_reusable, read_record
 
@@ -46,7 +47,7 @@ def data_labels(synthetic: bool, settings: StudySettings) -> List[str]:
     labels = []
     if synthetic:
         labels.append("SYNTHETIC DATA (the datalists' metadata say synthetic: true): not the paper's datasets")
-    uses_sam = any(m in ("fedsam", "sam", "fedmsa", "msa") for m in settings.methods)
+    uses_sam = any(get_method(m).uses_sam for m in settings.methods)
     if uses_sam and settings.sam_checkpoint is None:
         labels.append("RANDOM SAM WEIGHTS (no --sam-checkpoint given): every SAM-based run is the -PT ablation")
     if uses_sam and settings.model_type not in ("vit_b", "vit_l"):
@@ -75,7 +76,7 @@ def run_study(settings: StudySettings, bundles_dir: Path, resume: bool = False, 
              ", ".join(dict.fromkeys(r.label for r in runs)), ", ".join(dict.fromkeys(r.held_out.folder for r in runs)),
              settings.out)
     records = []
-    with logging_redirect_tqdm(), tqdm(runs, desc="study runs", unit="run", disable=not progress) as bar:
+    with logging_redirect_tqdm([log]), tqdm(runs, desc="study runs", unit="run", disable=not progress) as bar:
         for i, run in enumerate(bar):
             previous = read_record(settings.out / "runs" / run.name)
             if resume and is_reusable(previous, run):
