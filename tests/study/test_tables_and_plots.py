@@ -96,9 +96,10 @@ def test_files_record_command_and_settings(records, tmp_path, csv_rows):
 
 def test_plots_are_written(records, tmp_path):
     rows = result_rows(records, "prostate")
-    bars = plot_site_bars(rows, "HK", tmp_path / "plots" / "dice_HK.png", META["labels"])
+    bars = plot_site_bars(rows, "HK", tmp_path / "plots" / "dice_HK.png", META["labels"], META["command"])
     with Image.open(bars) as image:
         assert image.size[0] >= 800 and image.size[1] >= 500
+        assert image.info["Description"] == META["command"]
     curves = plot_learning_curves(records, tmp_path / "plots" / "curves.png", META["labels"])
     with Image.open(curves) as image:
         assert image.size[0] >= 800  # one panel per held-out site (two here)

@@ -18,20 +18,21 @@ def _caption(labels: Sequence[str]) -> str:
     return "\n".join(textwrap.fill(label, 95) for label in labels)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, command: str) -> Path:
+    """Write ``fig`` atomically as PNG; the study's command goes into the PNG's Description text chunk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, metadata={"Description": command} if command else None)
     plt.close(fig)
     tmp.replace(path)
     return path
 
 
-def plot_site_bars(rows: Sequence[Mapping], site: str, path: Path, labels: Sequence[str] = ()) -> Path:
+def plot_site_bars(rows: Sequence[Mapping], site: str, path: Path, labels: Sequence[str] = (), command: str = "") -> Path:
     """Bar chart for one held-out site: per method our unseen-site Dice (and 3D Dice when measured)
     beside the paper's (hatched); failed runs are marked. ``labels`` (synthetic data, random weights)
-    go under the title. Written atomically to ``path`` (PNG)."""
+    go above the plot, ``command`` (the study's) into the PNG metadata. Written atomically to ``path``."""
     mine = [r for r in rows if r["held_out"] == site]
     names = [r["label"] for r in mine]
     series = [("ours: Dice", "dice", {}), ("ours: 3D Dice", "dice_3d", {"alpha": 0.6}),
@@ -55,13 +56,14 @@ def plot_site_bars(rows: Sequence[Mapping], site: str, path: Path, labels: Seque
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, command)
 
 
-def plot_learning_curves(records: Sequence[Mapping], path: Path, labels: Sequence[str] = ()) -> Optional[Path]:
+def plot_learning_curves(records: Sequence[Mapping], path: Path, labels: Sequence[str] = (),
+                         command: str = "") -> Optional[Path]:
     """One panel per held-out site: the sample-weighted validation Dice of the global model per round
     (the server's fedfms_rounds.json), one line per federated method. None (nothing written) when no
-    record has per-round history."""
+    record has per-round history. ``labels`` and ``command`` as for plot_site_bars."""
     with_history = [r for r in records if r.get("history")]
     if not with_history:
         return None
@@ -79,4 +81,4 @@ def plot_learning_curves(records: Sequence[Mapping], path: Path, labels: Sequenc
     if labels:
         fig.suptitle(_caption(labels), fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, command)

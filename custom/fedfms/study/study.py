@@ -97,8 +97,8 @@ def run_study(settings: StudySettings, bundles_dir: Path, resume: bool = False, 
     files = write_results(settings.out, rows, meta)
     plots = settings.out / "plots"
     for site in dict.fromkeys(r.held_out.folder for r in runs):
-        files.append(plot_site_bars(rows, site, plots / f"dice_{site}.png", meta["labels"]))
-    curves = plot_learning_curves(records, plots / "learning_curves.png", meta["labels"])
+        files.append(plot_site_bars(rows, site, plots / f"dice_{site}.png", meta["labels"], settings.command))
+    curves = plot_learning_curves(records, plots / "learning_curves.png", meta["labels"], settings.command)
     if curves:
         files.append(curves)
     outcome = StudyOutcome(runs, records, files, time.perf_counter() - start)
