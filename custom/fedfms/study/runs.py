@@ -109,8 +109,9 @@ def _train_federated(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Op
     job = write_job(job_set, stage / "job", ctx.bundles_dir)
     workspace = stage / "workspace"
     allow_fedfms_components(workspace / "local")
+    # No device given: each site's default (cuda:0 if available, else cpu).
     site = {"data_root": str(settings.data_root), "sam_checkpoint": str(checkpoint) if checkpoint else None,
-            "device": settings.device or "cpu"}
+            "device": settings.device}
     write_json_atomic(workspace / "local" / SITE_CONFIG_FILE, {k: v for k, v in site.items() if v})
     threads = settings.threads or len(job_set.all_sites)
     command = simulator_command(job, workspace, threads)
