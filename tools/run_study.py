@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="input size (multiple of 16); default from the profile")
     parser.add_argument("--rounds", type=int, help="federated rounds; default from the profile")
     parser.add_argument("--epochs", type=int, help="local epochs per round (centralized: rounds x epochs); default from the profile")
-    parser.add_argument("--batch-size", type=int, help="default: the paper's per method and dataset")
+    parser.add_argument("--batch-size", type=int, help="default from the profile (paper: the paper's per method and dataset)")
     parser.add_argument("--learning-rate", type=float, help="default: from the profile (paper: 1e-4)")
     parser.add_argument("--checkpoint", choices=["best", "final"],
                         help="evaluate the best model by source-site validation Dice or the final one (default from the profile)")
