@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fedfms.federated.aggregation import AGGREGATIONS
 from fedfms.federated.jobs import DATASETS, METHOD_BUNDLES, JobSettings, paper_jobs, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-clients", type=int, help="default: all training sites but one")
     parser.add_argument("--train-timeout", type=int, default=0, help="seconds per site and round, 0 = no limit")
     parser.add_argument("--name", help="job folder name (default METHOD_DATASET)")
+    parser.add_argument("--no-reject-bad-updates", dest="reject_bad_updates", action="store_false",
+                        help="aggregate every result (NVFlare's plain FedAvg aggregator); default: the server rejects "
+                             "non-finite, misshapen and outlier updates")
+    parser.add_argument("--outlier-factor", type=float, default=5.0,
+                        help="reject an update farther from the global model than this x the round's median (0 = off)")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="fedavg",
+                        help="fedavg (paper) or fedsca (similarity-guided weights, our interpretation)")
+    parser.add_argument("--fedsca-temperature", type=float, default=0.1, help="FedSCA softmax temperature")
+    parser.add_argument("--half-precision", action="store_true", help="send models as float16 both ways (half the bytes)")
     parser.add_argument("--embed-code", action="store_true",
                         help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
     args = parser.parse_args(argv)
@@ -84,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [JobSettings(method, dataset, held_out=tuple(args.held_out), num_rounds=args.rounds,
                         local_epochs=args.local_epochs, model_type=args.model_type, image_size=args.image_size,
                         batch_size=args.batch_size, min_clients=args.min_clients, train_timeout=args.train_timeout,
+                        reject_bad_updates=args.reject_bad_updates, outlier_factor=args.outlier_factor,
+                        aggregation=args.aggregation, fedsca_temperature=args.fedsca_temperature,
+                        half_precision=args.half_precision,
                         name=args.name if len(datasets) * len(methods) == 1 else None)
             for dataset in datasets for method in methods]
     for settings in tqdm(jobs, desc="jobs", unit="job", disable=len(jobs) == 1):

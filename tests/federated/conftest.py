@@ -100,9 +100,14 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             shutil.copy(HERE / "fedfms_audit.py", job / "app" / "custom")
             config_path = job / "app" / "config" / "config_fed_client.json"
             config = json.loads(config_path.read_text())
+            # The audit sees the wire: first of the incoming chain, last of the outgoing one (around
+            # e.g. the half-precision filters the job may already have).
+            # (NVFlare allows one chain per task, and the job's chains cover train and validate.)
             for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
-                config[key] = [{"tasks": ["train", "validate"], "filters": [
-                    {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}]}]
+                audit = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
+                job_filters = config[key][0]["filters"] if config[key] else []
+                filters = [audit, *job_filters] if direction == "in" else [*job_filters, audit]
+                config[key] = [{"tasks": ["train", "validate"], "filters": filters}]
             config_path.write_text(json.dumps(config, indent=2))
         workspace = tmp_path / "workspace"
         allow_fedfms_components(workspace / "local")

@@ -12,6 +12,7 @@ from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.class_utils import instantiate_class
 
@@ -86,6 +87,8 @@ def test_job_aggregator_weights_sites_by_training_samples():
     fl_ctx = FLContext()
     aggregator.handle_event(EventType.START_RUN, fl_ctx)  # NVFlare configures the aggregator at run start
     fl_ctx.set_prop(AppConstants.CURRENT_ROUND, 3, private=True, sticky=False)
+    fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({"w": np.zeros((4, 3), np.float32)}, {}),
+                    private=True, sticky=False)
     rng = np.random.default_rng(0)
     sites = {"A": (rng.normal(size=(4, 3)).astype(np.float32), 97), "B": (rng.normal(size=(4, 3)).astype(np.float32), 41),
              "C": (rng.normal(size=(4, 3)).astype(np.float32), 5)}

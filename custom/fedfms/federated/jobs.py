@@ -28,6 +28,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from fedfms.data import get_preparer
 from fedfms.networks.configs import SAM_IMAGE_SIZE
 
+from .aggregation import AGGREGATIONS
+
 #: method -> bundle folder under bundles/
 METHOD_BUNDLES: Dict[str, str] = {"fedsam": "sam", "fedmsa": "msa", "fedunet": "unet"}
 #: Paper batch sizes (reference code): FedSAM 6 (nuclei 4), FedMSA 4 (brain 8); FedU-Net: bundle default.
@@ -63,6 +65,16 @@ class JobSettings:
     cross_site_eval: after training, score the final and best global models on every site's test split.
     overrides: further bundle overrides (e.g. {"learning_rate": 1e-4}).
     name: job name; default METHOD_DATASET.
+    reject_bad_updates: the server rejects a site's result for the round when it holds non-finite
+        values or other tensor names/shapes than the global model, or when its update's L2 distance
+        from the global model exceeds outlier_factor x the round's median (>= 3 sites); see
+        ``fedfms.federated.aggregation.GuardedAggregator``. False = NVFlare's plain aggregator.
+    outlier_factor: the k of that outlier test (0 = structural checks only).
+    aggregation: "fedavg" (weights n_k, the paper's) or "fedsca" (n_k x softmax of each site's mean
+        cosine similarity to the other sites' updates / fedsca_temperature; our interpretation of
+        FedSCA). "fedsca" always uses the GuardedAggregator.
+    half_precision: models travel as float16 both ways (filters in ``fedfms.federated.precision``):
+        half the bytes, rounding error 2**-11 relative per value. Off by default (the paper's float32).
     """
 
     method: str
@@ -80,10 +92,19 @@ class JobSettings:
     cross_site_eval: bool = True
     overrides: Mapping[str, object] = field(default_factory=dict)
     name: Optional[str] = None
+    reject_bad_updates: bool = True
+    outlier_factor: float = 5.0
+    aggregation: str = "fedavg"
+    fedsca_temperature: float = 0.1
+    half_precision: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_BUNDLES:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHOD_BUNDLES)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+        if self.outlier_factor < 0 or self.fedsca_temperature <= 0:
+            raise ValueError("outlier_factor must be >= 0 and fedsca_temperature > 0")
         unknown = set(self.held_out) - set(self.all_sites)
         if unknown:
             raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
@@ -116,6 +137,25 @@ class JobSettings:
         return overrides
 
 
+_NVFLARE_AGGREGATOR = "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator"
+_HALF, _FULL = "fedfms.federated.precision.ToHalfPrecision", "fedfms.federated.precision.ToFullPrecision"
+
+
+def _aggregator(s: JobSettings) -> dict:
+    args = {"expected_data_kind": "WEIGHTS", "weigh_by_local_iter": True}
+    if not s.reject_bad_updates and s.aggregation == "fedavg":
+        return {"id": "aggregator", "path": _NVFLARE_AGGREGATOR, "args": args}
+    args.update(outlier_factor=s.outlier_factor if s.reject_bad_updates else 0.0, aggregation=s.aggregation)
+    if s.aggregation == "fedsca":
+        args["temperature"] = s.fedsca_temperature
+    return {"id": "aggregator", "path": "fedfms.federated.aggregation.GuardedAggregator", "args": args}
+
+
+def _filters(s: JobSettings, path: str) -> List[dict]:
+    """A task filter chain of one precision filter for every task, if half_precision."""
+    return [{"tasks": ["train", "validate"], "filters": [{"path": path, "args": {}}]}] if s.half_precision else []
+
+
 def _server_config(s: JobSettings) -> dict:
     train = [client_name(x) for x in s.train_sites]
     held = [client_name(x) for x in s.held_out]
@@ -123,16 +163,16 @@ def _server_config(s: JobSettings) -> dict:
     component = lambda id_, path, **args: {"id": id_, "path": path, "args": args}  # noqa: E731
     return {
         "format_version": 2,
-        "task_data_filters": [],
-        "task_result_filters": [],
+        # half_precision: the global model leaves as float16, site results are back to float32 before
+        # the aggregator sees them.
+        "task_data_filters": _filters(s, _HALF),
+        "task_result_filters": _filters(s, _FULL),
         "components": [
             component("persistor", "fedfms.federated.persistor.TransmittedModelPersistor",
                       bundle_root=BUNDLE_IN_APP, overrides=s.bundle_overrides()),
             component("shareable_generator",
                       "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator"),
-            component("aggregator",
-                      "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator",
-                      expected_data_kind="WEIGHTS", weigh_by_local_iter=True),
+            _aggregator(s),
             # Best global model = highest validation Dice of the received model, weighted by samples.
             component("model_selector", "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector",
                       weigh_by_local_iter=True, key_metric="val_dice"),
@@ -165,8 +205,8 @@ def _client_config(s: JobSettings) -> dict:
             "tasks": ["train", "validate"],
             "executor": {"id": "executor", "path": "fedfms.federated.executor.BundleExecutor", "args": executor_args},
         }],
-        "task_data_filters": [],
-        "task_result_filters": [],
+        "task_data_filters": _filters(s, _FULL),
+        "task_result_filters": _filters(s, _HALF),
         "components": [
             {"id": "analytic_sender", "path": "nvflare.app_opt.tracking.tb.tb_writer.TBWriter", "args": {}},
             {"id": "event_to_fed", "path": "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
