@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytest
 import torch
@@ -92,8 +92,12 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
     """Write the job with fedfms.federated.write_job, configure the workspace like a site would
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
-    def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None) -> SimulatorRun:
+    def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,
+            result_filters: Sequence[dict] = ()) -> SimulatorRun:
+        """result_filters: extra client result filters ({"path": "fedfms_audit...", "args": ...}),
+        applied before the audit records what leaves the site (audit is then on)."""
         job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
+        audit = audit or bool(result_filters)
         audit_dir = tmp_path / "audit" if audit else None
         if audit:
             (job / "app" / "custom").mkdir(parents=True)
@@ -104,9 +108,9 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             # e.g. the half-precision filters the job may already have).
             # (NVFlare allows one chain per task, and the job's chains cover train and validate.)
             for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
-                audit = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
+                recorder = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
                 job_filters = config[key][0]["filters"] if config[key] else []
-                filters = [audit, *job_filters] if direction == "in" else [*job_filters, audit]
+                filters = [recorder, *job_filters] if direction == "in" else [*result_filters, *job_filters, recorder]
                 config[key] = [{"tasks": ["train", "validate"], "filters": filters}]
             config_path.write_text(json.dumps(config, indent=2))
         workspace = tmp_path / "workspace"

@@ -1,5 +1,6 @@
-"""Test-only NVFlare filter, shipped in a test job's app/custom/: records every model that reaches or
-leaves a site (names, shapes, dtypes, values, meta) so the tests can audit exactly what crossed the wire."""
+"""Test-only NVFlare filters, shipped in a test job's app/custom/: AuditFilter records every model that
+reaches or leaves a site (names, shapes, dtypes, values, meta) so the tests can audit exactly what
+crossed the wire; CorruptFilter turns one site's result of one round into a bad update."""
 
 import json
 import os
@@ -33,3 +34,31 @@ class AuditFilter(Filter):
         with open(stem + ".json", "w") as handle:
             json.dump({"kind": dxo.data_kind, "meta": meta}, handle, default=str)
         return shareable
+
+
+class CorruptFilter(Filter):
+    """Corrupts the train result number ``index`` of ``site``: "nan" puts a NaN in every tensor,
+    "scale" multiplies every tensor by 100 (a diverged update). Other results pass unchanged."""
+
+    def __init__(self, site: str, index: int, mode: str):
+        super().__init__()
+        self.site, self.index, self.mode = site, index, mode
+
+    def process(self, shareable, fl_ctx):
+        site = fl_ctx.get_identity_name()
+        if site != self.site or fl_ctx.get_prop(FLContextKey.TASK_NAME) != "train":
+            return shareable
+        with _lock:
+            key = (site, "corrupt")
+            index = _counts[key] = _counts.get(key, -1) + 1
+        if index != self.index:
+            return shareable
+        dxo = from_shareable(shareable)
+        for name, value in dxo.data.items():
+            value = np.array(value, copy=True)
+            if self.mode == "nan":
+                value.reshape(-1)[0] = np.nan
+            else:
+                value = value * 100
+            dxo.data[name] = value
+        return dxo.update_shareable(shareable)

@@ -48,3 +48,39 @@ def test_fedmsa_half_precision_fedsca_simulator(run_simulator, small_settings, s
     fedsca, fedavg = error(fedsca_weights(uploaded, reference, temperature=0.1)), error({s: 1.0 for s in sites})
     print(f"\nlargest deviation from the FedSCA mean {fedsca:.3g}, from the FedAvg mean {fedavg:.3g}")
     assert fedsca < 5e-6 and fedsca * 4 < fedavg  # FedSCA's mean, measurably not FedAvg's
+
+
+def _weighted_mean(uploads: dict, sizes: dict, names) -> dict:
+    total = sum(sizes[s] for s in uploads)
+    return {n: sum(uploads[s][n].astype(np.float64) * sizes[s] for s in uploads) / total for n in names}
+
+
+@pytest.mark.heavy
+def test_fedmsa_simulator_survives_bad_updates(run_simulator, small_settings, small_sites):
+    """Round 0: UCL sends a NaN (refused on arrival); round 1: ISBI1_5 sends a 100x diverged model (an
+    outlier among the round's three results). Both rounds aggregate the other sites and the job finishes."""
+    corrupt = "fedfms_audit.CorruptFilter"
+    run = run_simulator(small_settings("fedmsa"), result_filters=[
+        {"path": corrupt, "args": {"site": "UCL", "index": 0, "mode": "nan"}},
+        {"path": corrupt, "args": {"site": "ISBI1_5", "index": 1, "mode": "scale"}}])
+    assert "round 0: result of UCL rejected: tensor" in run.log and "non-finite values" in run.log
+    assert "round 1: result of ISBI1_5 rejected: update L2 distance" in run.log
+    assert run.log.count("rejected:") == 2
+    assert [sorted(r["rejected"]) for r in run.rounds] == [["UCL"], ["ISBI1_5"]]
+    assert "non-finite" in run.rounds[0]["rejected"]["UCL"] and not any(r["missing"] for r in run.rounds)
+    sizes = {site.replace(".", "_"): n for site, n in small_sites.items()}
+    round0 = {s: _record(run.audit, s, "out", 0)[0] for s in ("HK", "ISBI1_5")}
+    round1 = {s: _record(run.audit, s, "out", 1)[0] for s in ("HK", "UCL")}
+    names = list(round0["HK"])
+    # the model every site received in round 1 = the round-0 mean without UCL
+    for site in sizes:
+        received = _record(run.audit, site, "in", 1)[0]
+        expected = _weighted_mean(round0, sizes, names)
+        for name in names:
+            np.testing.assert_allclose(received[name], expected[name], rtol=1e-5, atol=1e-7)
+    # the final global model = the round-1 mean without ISBI1_5
+    glob = torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
+    expected = _weighted_mean(round1, sizes, names)
+    for name in names:
+        np.testing.assert_allclose(glob[name].numpy(), expected[name], rtol=1e-5, atol=1e-7)
+    assert np.isfinite(np.concatenate([glob[n].numpy().ravel() for n in names])).all()

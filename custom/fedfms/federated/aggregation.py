@@ -34,6 +34,9 @@ from nvflare.app_common.app_constant import AppConstants
 Weights = Mapping[str, np.ndarray]
 #: aggregation name -> what sets each site's weight (besides n_k, which NVFlare multiplies in)
 AGGREGATIONS = ("fedavg", "fedsca")
+#: FL context property {site: reason} of the round's rejected results, set by aggregate() for the
+#: ROUND_DONE handlers (fedfms.federated.report.JobReport).
+REJECTED_UPDATES = "fedfms_rejected_updates"
 
 
 def check_update(weights: Weights, reference: Weights) -> Optional[str]:
@@ -118,6 +121,7 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         self.aggregation = aggregation
         self.temperature = float(temperature)
         self._held: Dict[str, Shareable] = {}
+        self._rejected: Dict[str, str] = {}
 
     @staticmethod
     def _global_weights(fl_ctx: FLContext) -> Weights:
@@ -129,27 +133,36 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         """Hold a valid result for this round's aggregation; reject (and log) anything else."""
         site = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
-        round_ = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         rc = shareable.get_return_code()
         if rc and rc != ReturnCode.OK:
-            self.log_warning(fl_ctx, f"round {round_}: result of {site} rejected: return code {rc}")
+            self._reject(site, f"return code {rc}", fl_ctx)
             return False
         try:
             dxo = from_shareable(shareable)
         except Exception as error:  # a malformed result must not stop the round
-            self.log_warning(fl_ctx, f"round {round_}: result of {site} rejected: not a DXO ({error})")
+            self._reject(site, f"not a DXO ({error})", fl_ctx)
+            return False
+        if site in self._held:  # its first result stays in the round
+            self.log_warning(fl_ctx, f"second result of {site} this round ignored")
             return False
         if dxo.data_kind != DataKind.WEIGHTS:
             reason = f"data kind {dxo.data_kind}, expected {DataKind.WEIGHTS}"
-        elif site in self._held:
-            reason = "a result of this site was already received this round"
         else:
             reason = check_update(dxo.data or {}, self._global_weights(fl_ctx))
         if reason:
-            self.log_warning(fl_ctx, f"round {round_}: result of {site} rejected: {reason}")
+            self._reject(site, reason, fl_ctx)
             return False
         self._held[site] = shareable
         return True
+
+    def _reject(self, site: str, reason: str, fl_ctx: FLContext) -> None:
+        self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: result of {site} rejected: {reason}")
+        self._rejected[site] = reason
+
+    def reset(self, fl_ctx: FLContext) -> None:
+        """Forget the round's held results and rejections (ScatterAndGather calls this after each round)."""
+        self._held, self._rejected = {}, {}
+        super().reset(fl_ctx)
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         """Drop outliers, set the sites' weights and aggregate the rest with NVFlare's weighted mean."""
@@ -159,8 +172,10 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         results = {site: from_shareable(s).data for site, s in held.items()}
         distances = update_distances(results, reference)
         for site, reason in outliers(distances, self.outlier_factor, self.min_sites_for_outliers).items():
-            self.log_warning(fl_ctx, f"round {round_}: result of {site} rejected: {reason}")
+            self._reject(site, reason, fl_ctx)
             del results[site]
+        fl_ctx.set_prop(REJECTED_UPDATES, dict(self._rejected), private=True, sticky=False)
+        self._rejected = {}
         if self.aggregation == "fedsca" and results:
             weights = fedsca_weights(results, reference, self.temperature)
         else:

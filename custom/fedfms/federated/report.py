@@ -1,8 +1,9 @@
 """Server-side job report: one log line per round, a learning-curve file, a cross-site results table.
 
 Per round it logs each training site's loss, validation Dice of the received global model and bytes
-sent, the sites' Dice weighted by training samples (the quantity the best model is chosen by), and
-any training site that sent nothing (failed or timed out). Files in the server's run folder:
+sent, the sites' Dice weighted by training samples (the quantity the best model is chosen by), any
+training site that sent nothing (failed or timed out) and any result the aggregator rejected (with
+the reason, see ``aggregation.GuardedAggregator``). Files in the server's run folder:
 ``fedfms_rounds.json`` (per-round history) and ``cross_site_val/fedfms_results.{json,md}`` (Dice of
 the final and best global models on every site's test split).
 """
@@ -25,6 +26,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.streaming import AnalyticsSender
 from nvflare.widgets.widget import Widget
 
+from .aggregation import REJECTED_UPDATES
 from .executor import BYTES_SENT, TEST_DICE, TRAIN_LOSS, VAL_DICE
 
 ROUNDS_FILE = "fedfms_rounds.json"
@@ -112,7 +114,9 @@ class JobReport(Widget):
         total = sum(v["samples"] for v in sites.values())
         weighted = sum(v[VAL_DICE] * v["samples"] for v in sites.values()) / total if total else None
         missing = [s for s in self.train_sites if s not in self.current]
-        self.history.append({"round": current_round, "weighted_val_dice": weighted, "sites": self.current, "missing": missing})
+        rejected = fl_ctx.get_prop(REJECTED_UPDATES) or {}
+        self.history.append({"round": current_round, "weighted_val_dice": weighted, "sites": self.current,
+                             "missing": missing, "rejected": rejected})
         parts = [
             f"{s}: loss {v[TRAIN_LOSS]:.4f} Dice {v[VAL_DICE]:.4f} sent {v[BYTES_SENT] / 1e6:.2f} MB"
             for s, v in sorted(self.current.items())
@@ -123,6 +127,8 @@ class JobReport(Widget):
         self.log_info(fl_ctx, line)
         if missing:
             self.log_warning(fl_ctx, f"round {current_round}: no result from {', '.join(missing)} (failed or timed out)")
+        if rejected:
+            self.log_warning(fl_ctx, f"round {current_round}: not aggregated: {', '.join(sorted(rejected))}")
         if weighted is not None:
             self.sender.add("weighted_val_dice", weighted, AnalyticsDataType.SCALAR, global_step=int(current_round))
         write_json_atomic(self.run_dir / ROUNDS_FILE, self.history)
