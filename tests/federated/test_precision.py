@@ -10,6 +10,7 @@ from nvflare.fuel.utils.class_utils import instantiate_class
 
 from fedfms.federated import JobSettings
 from fedfms.federated.aggregation import check_update
+from fedfms.federated.executor import BYTES_SENT
 from fedfms.federated.jobs import _client_config, _server_config
 from fedfms.federated.selection import select_outgoing, serialized_size, transmitted_names
 from fedfms.networks import MSASegmenter
@@ -36,6 +37,7 @@ def test_half_precision_halves_the_bytes_both_ways_and_round_trips():
     sent = select_outgoing(network.state_dict(), transmitted_names(network), "test")
     sent["counter"] = np.array(7, np.int64)  # non-float tensors (BatchNorm counters) pass unchanged
     meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 12, "fedfms_frozen_sha256": "abc"}
+    meta[BYTES_SENT] = serialized_size(DXO(DataKind.WEIGHTS, dict(sent), dict(meta)))  # as the executor sets it
 
     for sender, receiver in ((client["task_result_filters"], server["task_result_filters"]),   # upload
                              (server["task_data_filters"], client["task_data_filters"])):      # download
@@ -43,7 +45,7 @@ def test_half_precision_halves_the_bytes_both_ways_and_round_trips():
         full = serialized_size(DXO(DataKind.WEIGHTS, dict(sent), dict(meta)))
         half = serialized_size(on_wire)
         print(f"\nFedMSA vit_tiny result: {full:,} B float32, {half:,} B float16 ({half / full:.3f})")
-        assert 0.49 < half / full < 0.52
+        assert 0.49 < half / full < 0.52 and abs(on_wire.meta[BYTES_SENT] - half) < 100  # the report's figure (+- meta)
         assert {str(v.dtype) for k, v in on_wire.data.items() if k != "counter"} == {"float16"}
         received = _apply(_chain({"c": receiver}, "c"), on_wire)
         assert received.meta[MetaKey.NUM_STEPS_CURRENT_ROUND] == 12 and received.meta["fedfms_frozen_sha256"] == "abc"

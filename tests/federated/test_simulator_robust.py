@@ -36,6 +36,8 @@ def test_fedmsa_half_precision_fedsca_simulator(run_simulator, small_settings, s
     uploads = {site: _record(run.audit, site, "out", 1) for site in sites}
     reference = {k: v.astype(np.float32) for k, v in _record(run.audit, next(iter(sites)), "in", 1)[0].items()}
     assert {site: meta["NUM_STEPS_CURRENT_ROUND"] for site, (_, meta) in uploads.items()} == sites
+    half = sum(a.nbytes for a in uploads["HK"][0].values())  # the round report counts the float16 bytes
+    assert all(half < v["bytes_sent"] < half * 1.01 for r in run.rounds for v in r["sites"].values())
     uploaded = {s: {k: v.astype(np.float32) for k, v in a.items()} for s, (a, _) in uploads.items()}
     glob = torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
 
