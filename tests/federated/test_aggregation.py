@@ -72,6 +72,9 @@ def test_bad_results_are_rejected_with_site_and_reason_and_the_rest_is_averaged(
             # structural problems are refused at once; the outlier only when the round is complete
             assert aggregator.accept(_result(site, weights, n), fl_ctx) is (site == "SCALED")
         assert not aggregator.accept(_result("A", good["A"][0], 10), fl_ctx)  # second result of a site
+        late = _result("LATE", good["A"][0], 10)
+        late.add_cookie(AppConstants.CONTRIBUTION_ROUND, ROUND - 1)
+        assert not aggregator.accept(late, fl_ctx)  # a result of the previous round
         assert not aggregator.accept(_result("FAILED", good["A"][0], 10, ReturnCode.EXECUTION_EXCEPTION), fl_ctx)
         result = from_shareable(aggregator.aggregate(fl_ctx)).data
     rejected = fl_ctx.get_prop(REJECTED_UPDATES)  # what the round report records

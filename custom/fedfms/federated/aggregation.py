@@ -142,6 +142,11 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         except Exception as error:  # a malformed result must not stop the round
             self._reject(site, f"not a DXO ({error})", fl_ctx)
             return False
+        contribution_round = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
+        current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if contribution_round != current_round:  # a late result must not take the place of this round's
+            self.log_warning(fl_ctx, f"result of {site} for round {contribution_round} discarded in round {current_round}")
+            return False
         if site in self._held:  # its first result stays in the round
             self.log_warning(fl_ctx, f"second result of {site} this round ignored")
             return False
