@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedfms.study import StudySettings, discover_sites, plan_study
-from fedfms.study.commands import StepError, run_logged
+from fedfms.federated.simulator import StepError, run_logged
 from fedfms.study.study import run_study
 
 

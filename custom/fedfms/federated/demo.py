@@ -12,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +23,13 @@ from tqdm import tqdm
 
 from fedfms.data import get_preparer
 from fedfms.data.demo import make_demo_data
-from fedfms.networks import SAMSegmenter
+from fedfms.networks import write_random_sam_checkpoint
 from fedfms.reporting.federation import dice_table, plot_learning_curve
 
 from .bundle import EVALUATE_CONFIG, TRAIN_CONFIG, build_bundle_network
 from .jobs import BUNDLE_IN_APP, JobSettings, write_job
 from .report import ROUNDS_FILE, write_json_atomic, write_text_atomic
+from .simulator import run_simulator, simulator_command
 from .site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 log = logging.getLogger(__name__)
@@ -54,19 +52,6 @@ class DemoOptions:
     seed: int = 1337
 
 
-def random_sam_checkpoint(path: Path, model_type: str, seed: int) -> Path:
-    """Write a seeded random-init SAM state dict (segment_anything's layout) that every participant loads,
-    so the frozen encoder is the same everywhere, exactly as with an official checkpoint."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = SAMSegmenter(model_type=model_type)
-    state = {k: v for k, v in model.state_dict().items() if k not in set(model.new_keys())}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
-
-
 def save_initial_model(bundle: Path, settings: JobSettings, checkpoint: Path, path: Path) -> Path:
     """The global model the server starts from (same builder and seed as TransmittedModelPersistor),
     saved like NVFlare's PTFileModelPersistor files ({"model": state_dict})."""
@@ -75,28 +60,6 @@ def save_initial_model(bundle: Path, settings: JobSettings, checkpoint: Path, pa
     torch.save({"model": network.state_dict()}, tmp)
     tmp.replace(path)
     return path
-
-
-def run_simulator(job: Path, workspace: Path, threads: int, num_rounds: int, log_path: Path) -> float:
-    """Run ``nvflare simulator`` on ``job``; a progress bar follows the rounds. Returns seconds taken."""
-    nvflare = Path(sys.executable).with_name("nvflare")
-    command = [str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)]
-    log.info("running: %s  (log: %s)", " ".join(command), log_path)
-    rounds_file = workspace / "server" / "simulate_job" / ROUNDS_FILE
-    start = time.perf_counter()
-    env = os.environ.copy()
-    # One process per site: share the cores instead of oversubscribing them.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // threads)))
-    with open(log_path, "w") as out, tqdm(total=num_rounds, desc="federated rounds", unit="round") as bar:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(2)
-            if rounds_file.is_file():
-                with contextlib.suppress(json.JSONDecodeError, OSError):
-                    bar.update(len(json.loads(rounds_file.read_text())) - bar.n)
-    if process.returncode != 0 or not rounds_file.is_file():
-        raise RuntimeError(f"the simulator failed (exit code {process.returncode}); see {log_path}")
-    return time.perf_counter() - start
 
 
 def evaluate(bundle: Path, datalist: Path, ckpt: Path, output_dir: Path, overrides: dict, log_file) -> dict:
@@ -138,7 +101,8 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     if options.sam_checkpoint:
         checkpoint, weights = Path(options.sam_checkpoint).resolve(), f"SAM checkpoint {options.sam_checkpoint}"
     else:
-        checkpoint = random_sam_checkpoint(out / f"sam_{options.model_type}_random_init.pth", options.model_type, options.seed)
+        checkpoint = write_random_sam_checkpoint(out / f"sam_{options.model_type}_random_seed{options.seed}.pth",
+                                                 options.model_type, options.seed)
         weights = f"RANDOM SAM weights ({checkpoint.name}, no pretrained checkpoint given)"
 
     log.info("2/4 job -> %s", out / "jobs" / settings.job_name)
@@ -151,7 +115,10 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
 
     log.info("3/4 NVFlare simulator: %d rounds, training sites %s, held out %s",
              options.rounds, ", ".join(settings.train_sites), options.held_out)
-    sim_seconds = run_simulator(job, workspace, options.threads, options.rounds, out / "simulator.log")
+    log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, options.threads)), out / "simulator.log")
+    with tqdm(total=options.rounds, desc="federated rounds", unit="round") as bar:
+        sim_seconds = run_simulator(job, workspace, options.threads, out / "simulator.log",
+                                    on_round=lambda done: bar.update(done - bar.n))
     server = workspace / "server" / "simulate_job"
     history = json.loads((server / ROUNDS_FILE).read_text())
 

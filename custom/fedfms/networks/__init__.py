@@ -4,6 +4,7 @@ segment_anything's modules, plus the function that decides what a site transmits
 from .adapters import Adapter, AdaptedBlock
 from .checkpoint import CheckpointError, load_partial_state, load_sam_checkpoint, read_state_dict
 from .configs import ENCODER_CONFIGS, EncoderConfig, encoder_config
+from .random_weights import write_random_sam_checkpoint
 from .segmenter import MSASegmenter, PromptFreeSegmenter, SAMSegmenter, resize_pos_embed
 from .transmission import transmitted_keys, transmitted_state
 
@@ -27,4 +28,5 @@ __all__ = [
     "resize_pos_embed",
     "transmitted_keys",
     "transmitted_state",
+    "write_random_sam_checkpoint",
 ]

@@ -1,29 +1,12 @@
-"""Running the study's child processes (bundle commands, the NVFlare simulator) with a log file each.
-
-Every step of a run is a separate process started with an exact command line, so the command can be
-recorded and re-run by hand, a crash cannot leave state behind in the study process, and Ctrl-C
-reaches the child as well.
-"""
+"""Command lines of the study's bundle steps (run with ``fedfms.federated.simulator.run_logged``)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
-
-from fedfms.federated.report import ROUNDS_FILE
+from typing import List, Mapping, Optional, Sequence, Union
 
 Value = Union[str, int, float, bool, Sequence[str]]
-
-
-class StepError(RuntimeError):
-    """A child process failed; the message names the command, exit code and log, with the log's tail."""
 
 
 def bundle_command(bundle_root: Path, workflow: str, configs: Sequence[str], overrides: Mapping[str, Optional[Value]]) -> List[str]:
@@ -46,74 +29,3 @@ def bundle_command(bundle_root: Path, workflow: str, configs: Sequence[str], ove
             continue
         argv += [f"--{key}", repr([str(v) for v in value]) if isinstance(value, (list, tuple)) else str(value)]
     return argv
-
-
-def child_environment(threads: Optional[int] = None) -> Dict[str, str]:
-    """The study's environment for a child; ``threads`` caps its OpenMP threads (None: unchanged)."""
-    env = os.environ.copy()
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-def run_logged(argv: Sequence[str], log_path: Path, env: Optional[Mapping[str, str]] = None,
-               poll: Optional[Callable[[], None]] = None, timeout: Optional[float] = None) -> float:
-    """Run ``argv`` with stdout and stderr into ``log_path``; ``poll`` is called every 2 s while it runs.
-    Returns the seconds taken; StepError (with the last lines of the log) on a non-zero exit or timeout."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(f"$ {shlex.join(argv)}\n")
-        log.flush()
-        process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
-        try:
-            while process.poll() is None:
-                if timeout and time.perf_counter() - start > timeout:
-                    process.kill()
-                    process.wait()
-                    raise StepError(f"timed out after {timeout:.0f} s: {shlex.join(argv)} (log {log_path})")
-                if poll:
-                    poll()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(2)
-        finally:
-            if process.poll() is None:  # interrupted (Ctrl-C, error in poll): do not leave the child running
-                process.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(30)
-                if process.poll() is None:
-                    process.kill()
-    if process.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise StepError(f"exit code {process.returncode}: {shlex.join(argv)}\nlog {log_path}, last lines:\n{tail}")
-    return time.perf_counter() - start
-
-
-def simulator_command(job: Path, workspace: Path, threads: int) -> List[str]:
-    """``nvflare simulator JOB -w WORKSPACE -t THREADS`` with the nvflare of this Python environment
-    (clients come from the job's deploy_map)."""
-    nvflare = Path(sys.executable).with_name("nvflare")
-    return [str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)]
-
-
-def run_simulator(job: Path, workspace: Path, threads: int, log_path: Path, cpu_threads: Optional[int] = None,
-                  on_round: Optional[Callable[[int], None]] = None) -> float:
-    """Run the NVFlare simulator on ``job``; ``on_round(n)`` reports the number of finished rounds (read
-    from the server's fedfms_rounds.json). Returns seconds taken; StepError if it fails or writes no
-    round report. The simulator's run folder is ``workspace/server/simulate_job``. ``cpu_threads``: OpenMP
-    threads of the simulator process (default: cores / threads, so the simulated sites share the cores)."""
-    rounds_file = workspace / "server" / "simulate_job" / ROUNDS_FILE
-
-    def poll() -> None:
-        if on_round and rounds_file.is_file():
-            with contextlib.suppress(json.JSONDecodeError, OSError):
-                on_round(len(json.loads(rounds_file.read_text())))
-
-    env = child_environment(cpu_threads or max(1, (os.cpu_count() or 1) // threads))
-    # A FEDFMS_* variable of the study's shell must not override the workspace's site configuration.
-    env = {k: v for k, v in env.items() if not k.startswith("FEDFMS_")}
-    seconds = run_logged(simulator_command(job, workspace, threads), log_path, env, poll)
-    if not rounds_file.is_file():
-        raise StepError(f"the simulator exited without a round report ({rounds_file}); see {log_path}")
-    poll()
-    return seconds

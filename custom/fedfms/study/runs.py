@@ -26,12 +26,13 @@ from typing import Callable, Dict, Optional
 
 from fedfms.federated import JobSettings, client_name, write_job
 from fedfms.federated.report import ROUNDS_FILE, write_json_atomic
+from fedfms.federated.simulator import child_environment, run_logged, run_simulator, simulator_command
 from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.networks import write_random_sam_checkpoint
 from fedfms.reporting.federation import plot_learning_curve
 
-from .commands import bundle_command, child_environment, run_logged, run_simulator, simulator_command
+from .commands import bundle_command
 from .plan import StudyRun, StudySettings
-from .weights import random_sam_checkpoint
 
 log = logging.getLogger("fedfms.study")
 
@@ -87,7 +88,7 @@ def sam_weights(run: StudyRun, settings: StudySettings) -> Optional[Path]:
     if run.pretrained:
         return settings.sam_checkpoint
     if run.method.federated:
-        return random_sam_checkpoint(settings.out / "weights" / f"sam_{settings.model_type}_random_seed{settings.seed}.pth",
+        return write_random_sam_checkpoint(settings.out / "weights" / f"sam_{settings.model_type}_random_seed{settings.seed}.pth",
                                      settings.model_type, settings.seed)
     return None
 
