@@ -16,18 +16,15 @@ import monai.bundle.__main__ as cli
 import pytest
 import torch
 
-from fedfms.data.demo import make_demo_data
 from fedfms.networks import SAMSegmenter
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
+def demo_root(demo_data) -> Path:
     """tools/make_demo_data.py's synthetic six-site prostate data (synthetic: true in every datalist)."""
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(out)
-    return out / "prostate"
+    return demo_data / "prostate"
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 import pytest
 import torch
 
-from fedfms.data.demo import make_demo_data
 from fedfms.federated import JobSettings, write_job
 from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 from fedfms.networks import SAMSegmenter
@@ -27,23 +26,10 @@ SMALL_SITES = {"HK": 6, "ISBI1.5": 3, "UCL": 4}
 
 
 @pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
+def data_root(cut_demo_sites) -> Path:
     """DATA_ROOT/prostate/<site>/datalist.json for three small sites cut from the synthetic demo data
     (synthetic: true): SMALL_SITES[site] training, 2 validation and 4 test slices each."""
-    demo = tmp_path_factory.mktemp("demo")
-    make_demo_data(demo)
-    root = tmp_path_factory.mktemp("data")
-    for site, n_train in SMALL_SITES.items():
-        source, target = demo / "prostate" / site, root / "prostate" / site
-        target.mkdir(parents=True)
-        for folder in ("images", "labels"):
-            (target / folder).symlink_to(source / folder, target_is_directory=True)
-        content = json.loads((source / "datalist.json").read_text())
-        content["training"] = content["training"][:n_train]
-        content["validation"] = content["validation"][:2]
-        content["test"] = content["test"][:4]
-        (target / "datalist.json").write_text(json.dumps(content))
-    return root
+    return cut_demo_sites({site: (n_train, 2, 4) for site, n_train in SMALL_SITES.items()})
 
 
 @pytest.fixture(scope="session")

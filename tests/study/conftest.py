@@ -11,7 +11,6 @@ from typing import Dict, List, Sequence
 
 import pytest
 
-from fedfms.data.demo import make_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
 #: Small sites cut from the demo data: training, validation and test samples per site.
@@ -37,22 +36,10 @@ def fake_root(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_root(tmp_path_factory) -> Path:
+def small_root(cut_demo_sites) -> Path:
     """DATA_ROOT/prostate/{HK,ISBI1.5,UCL} with a few real samples each, cut from the synthetic demo
-    data (synthetic: true); the sample files are symlinked, so relative paths still resolve."""
-    demo = tmp_path_factory.mktemp("demo")
-    make_demo_data(demo)
-    root = tmp_path_factory.mktemp("data")
-    for site, counts in SMALL.items():
-        source, target = demo / "prostate" / site, root / "prostate" / site
-        target.mkdir(parents=True)
-        for folder in ("images", "labels"):
-            (target / folder).symlink_to(source / folder, target_is_directory=True)
-        content = json.loads((source / "datalist.json").read_text())
-        for split, n in zip(("training", "validation", "test"), counts):
-            content[split] = content[split][:n]
-        (target / "datalist.json").write_text(json.dumps(content))
-    return root
+    data (synthetic: true)."""
+    return cut_demo_sites(SMALL)
 
 
 @pytest.fixture(scope="session")
