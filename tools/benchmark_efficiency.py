@@ -9,20 +9,12 @@ The paper's comparison (Table 2) is ViT-B at 1024 px, batch 1 here:
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
+from fedfms.core.io import save_figure_atomic, write_text_atomic
 from fedfms.reporting.efficiency import markdown_table, measure
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _plot(results, path: Path) -> None:
@@ -41,10 +33,8 @@ def _plot(results, path: Path) -> None:
     first = results[0]
     fig.suptitle(f"{first.image_size} px, batch {first.batch_size}, {first.device}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -75,8 +65,8 @@ def main() -> None:
     command = "python tools/benchmark_efficiency.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "activation_checkpointing"
     ) + (" --activation-checkpointing" if args.activation_checkpointing else "")
-    _write_atomic(args.out / "efficiency.json", json.dumps({"command": command, "results": [r.as_dict() for r in results]}, indent=2))
-    _write_atomic(args.out / "efficiency.md", f"{table}\n\n{ratios}\n\nMeasured with `{command}`.\n")
+    write_text_atomic(args.out / "efficiency.json", json.dumps({"command": command, "results": [r.as_dict() for r in results]}, indent=2))
+    write_text_atomic(args.out / "efficiency.md", f"{table}\n\n{ratios}\n\nMeasured with `{command}`.\n")
     _plot(results, args.out / "efficiency.png")
     print(table)
     print(ratios)

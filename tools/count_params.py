@@ -5,6 +5,7 @@ a site sends per round, beside the paper's learnable-parameter counts. Builds on
 import argparse
 import json
 
+from fedfms.registry import get_method, method_names
 from fedfms.reporting.parameters import PAPER_DIFFERENCE, count_parameters
 
 
@@ -16,20 +17,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
 
+    methods = {m.bundle: m.label for m in map(get_method, method_names(federated=True)) if m.network is not None}
     rows = [
         count_parameters(network, model_type, args.num_classes)
         for model_type in args.model_types
-        for network in ("sam", "msa")
+        for network in methods
     ]
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
         return
-    names = {"sam": "FedSAM", "msa": "FedMSA"}
     print(f"{'model':<16}{'total':>14}{'trainable':>14}{'transmitted':>14}{'MB/round':>11}{'paper learnable':>18}")
     for row in rows:
         paper = f"{row.paper_learnable / 1e6:.1f} M" if row.paper_learnable else "-"
         print(
-            f"{names[row.network] + ' ' + row.model_type:<16}{row.total / 1e6:>12.1f} M{row.trainable / 1e6:>12.1f} M"
+            f"{methods[row.network] + ' ' + row.model_type:<16}{row.total / 1e6:>12.1f} M{row.trainable / 1e6:>12.1f} M"
             f"{row.transmitted / 1e6:>12.1f} M{row.transmitted_bytes / 2**20:>11.1f}{paper:>18}"
         )
     print("MB/round: fp32 tensors one site uploads per round; it downloads the same set.")

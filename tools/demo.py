@@ -24,28 +24,37 @@ import logging
 import sys
 from pathlib import Path
 
-from fedfms.federated.demo import DemoOptions, run_demo
+from fedfms.orchestration.demo import DemoOptions, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = DemoOptions()
+    profile = defaults.profile
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (data, job, workspace, summary)")
     parser.add_argument("--sam-checkpoint", type=Path, help="an official SAM checkpoint (default: random SAM weights)")
-    parser.add_argument("--model-type", default=defaults.model_type, help="SAM encoder; vit_b with sam_vit_b_01ec64.pth")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="input size (multiple of 16)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds")
-    parser.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="local epochs per round (paper: 1)")
-    parser.add_argument("--held-out", default=defaults.held_out, help="the site that never trains (leave-one-site-out)")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
-                        help="demo default 1e-3 so a few rounds show learning (paper and jobs/: 1e-4)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="simulator threads (clients run in parallel)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the synthetic data and random SAM weights")
+    parser.add_argument("--model-type", default=profile.model_type,
+                        help="SAM encoder (default: %(default)s); vit_b with sam_vit_b_01ec64.pth")
+    parser.add_argument("--image-size", type=int, default=profile.image_size, help="input size, a multiple of 16 (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=profile.rounds, help="federated rounds (default: %(default)s)")
+    parser.add_argument("--local-epochs", type=int, default=profile.local_epochs,
+                        help="local epochs per round (default: %(default)s, the paper's)")
+    parser.add_argument("--held-out", default=defaults.held_out,
+                        help="the site that never trains, leave-one-site-out (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=profile.learning_rate,
+                        help="default %(default)s so a few rounds show learning (the paper and jobs/: 1e-4)")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help="simulator threads: clients run in parallel (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the synthetic data and random SAM weights (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = DemoOptions(**{k: v for k, v in vars(args).items() if k != "out"})
+    options = DemoOptions(
+        sam_checkpoint=args.sam_checkpoint, held_out=args.held_out, threads=args.threads, seed=args.seed,
+        profile=profile.override(model_type=args.model_type, image_size=args.image_size, rounds=args.rounds,
+                                 local_epochs=args.local_epochs, learning_rate=args.learning_rate))
     result = run_demo(args.out, options, ROOT / "bundles")
     print("\n" + result["table"])
     print("\n".join(result["notes"]))

@@ -7,7 +7,7 @@ and their centralized counterparts, with tables and plots beside the paper's Tab
 
 For every held-out site (--held-out SITE ..., default every site in turn = --all-sites), each method
 trains on the other sites: federated methods (fedsam, fedmsa, fedunet) as an NVFlare simulator job
-written by fedfms.federated.write_job with that site held out; centralized ones (sam, msa, unet) with
+written by fedfms.orchestration.jobs.write_job with that site held out; centralized ones (sam, msa, unet) with
 the bundle's train config on the pooled source datalists (rounds x epochs epochs). Every trained model
 is evaluated with the bundle's evaluate workflow on the test split of the held-out site (the headline
 number) and of the source sites. --no-pretraining adds the -PT ablation (random SAM weights).
@@ -26,19 +26,19 @@ import signal
 import sys
 from pathlib import Path
 
-from fedfms.study import METHODS, PROFILES, StudyError, StudySettings, get_profile
-from fedfms.study.study import run_study
+from fedfms.registry import PROFILES, dataset_names, get_profile, method_names
+from fedfms.study import StudyError, StudySettings, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="prepared dataset under --data-root (prostate, brain, fundus, nuclei)")
+    parser.add_argument("--dataset", required=True, choices=dataset_names(), help="prepared dataset under --data-root")
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding DATASET/SITE/datalist.json")
     parser.add_argument("--out", type=Path, required=True, help="study output folder")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
-                        help=f"methods to run (default all: {' '.join(METHODS)})")
+    parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD",
+                        help=f"methods to run (default all: {' '.join(method_names())})")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--held-out", nargs="+", default=[], metavar="SITE", help="unseen sites (site folder names)")
     where.add_argument("--all-sites", action="store_true", help="every site in turn (the default)")
@@ -65,20 +65,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from_args(args: argparse.Namespace, command: str) -> StudySettings:
     """StudySettings from the profile, overridden by the options given."""
-    profile = get_profile(args.profile)
-    pick = lambda value, default: default if value is None else value  # noqa: E731
     checkpoint = args.sam_checkpoint.resolve() if args.sam_checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
         raise StudyError(f"--sam-checkpoint {checkpoint} does not exist")
+    profile = get_profile(args.profile).override(
+        model_type=args.model_type, image_size=args.image_size, rounds=args.rounds, local_epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, cpu_threads=args.cpu_threads,
+        checkpoint=args.checkpoint)
     return StudySettings(
         dataset=args.dataset, data_root=args.data_root.resolve(), out=args.out.resolve(), methods=tuple(args.methods),
-        held_out=tuple(args.held_out), no_pretraining=args.no_pretraining, sam_checkpoint=checkpoint,
-        profile=args.profile, model_type=pick(args.model_type, profile.model_type),
-        image_size=pick(args.image_size, profile.image_size), rounds=pick(args.rounds, profile.rounds),
-        local_epochs=pick(args.epochs, profile.local_epochs), batch_size=pick(args.batch_size, profile.batch_size),
-        learning_rate=pick(args.learning_rate, profile.learning_rate), num_workers=profile.num_workers,
-        cpu_threads=pick(args.cpu_threads, profile.cpu_threads),
-        checkpoint=pick(args.checkpoint, profile.checkpoint), threads=args.threads, device=args.device, command=command,
+        profile=profile, held_out=tuple(args.held_out), no_pretraining=args.no_pretraining, sam_checkpoint=checkpoint,
+        threads=args.threads, device=args.device, command=command,
     )
 
 

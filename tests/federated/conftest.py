@@ -15,14 +15,17 @@ from typing import Optional, Sequence
 import pytest
 import torch
 
-from fedfms.federated import JobSettings, write_job
-from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.orchestration.jobs import JobSettings, write_job
+from fedfms.registry import Profile
+from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 from fedfms.networks import SAMSegmenter
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 #: Training samples per small site: deliberately unequal, so FedAvg's weighting is visible.
 SMALL_SITES = {"HK": 6, "ISBI1.5": 3, "UCL": 4}
+#: A tiny training profile of a real job: vit_tiny, 64 px, 2 rounds, batch 2, no loader workers.
+SMALL_PROFILE = Profile("small", model_type="vit_tiny", image_size=64, rounds=2, batch_size=2, num_workers=0)
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +59,7 @@ class SimulatorRun:
 
 
 def _small_settings(method: str, **kwargs) -> JobSettings:
-    defaults = dict(sites=tuple(SMALL_SITES), num_rounds=2, model_type="vit_tiny", image_size=64, batch_size=2,
-                    wait_time_after_min_received=120, overrides={"num_workers": 0})
+    defaults = dict(sites=tuple(SMALL_SITES), wait_time_after_min_received=120, profile=SMALL_PROFILE)
     return JobSettings(method, "prostate", **{**defaults, **kwargs})
 
 
@@ -75,7 +77,7 @@ def small_sites() -> dict:
 
 @pytest.fixture
 def run_simulator(tmp_path, data_root, sam_checkpoint):
-    """Write the job with fedfms.federated.write_job, configure the workspace like a site would
+    """Write the job with fedfms.orchestration.jobs.write_job, configure the workspace like a site would
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
     def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,

@@ -4,6 +4,7 @@ exactly as a job configures it (GuardedAggregator, a subclass of NVFlare's in-ti
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +16,17 @@ from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.class_utils import instantiate_class
 
-from fedfms.federated import JobSettings
-from fedfms.federated.aggregation import REJECTED_UPDATES, GuardedAggregator, check_update, fedsca_weights, outliers
-from fedfms.federated.jobs import _server_config
+from fedfms.orchestration.jobs import JobSettings, job_configs
+from fedfms.runtime.aggregation import REJECTED_UPDATES, GuardedAggregator, check_update, fedsca_weights, outliers
 
+REPO = Path(__file__).resolve().parents[2]
 ROUND = 2
 GLOBAL = {"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
 
 
 def _aggregator(**settings) -> tuple[GuardedAggregator, FLContext]:
     """The aggregator of a generated job's server config, started like NVFlare starts it."""
-    config = _server_config(JobSettings("fedmsa", "prostate", **settings))
+    config = job_configs(JobSettings("fedmsa", "prostate", **settings), REPO / "bundles")["server"]
     spec = next(c for c in config["components"] if c["id"] == "aggregator")
     aggregator = instantiate_class(spec["path"], spec["args"])
     assert isinstance(aggregator, GuardedAggregator)
@@ -119,7 +120,7 @@ def test_pure_checks():
 
 
 def test_plain_nvflare_aggregator_when_protection_is_off():
-    config = _server_config(JobSettings("fedmsa", "prostate", reject_bad_updates=False))
+    config = job_configs(JobSettings("fedmsa", "prostate", reject_bad_updates=False), REPO / "bundles")["server"]
     spec = next(c for c in config["components"] if c["id"] == "aggregator")
     assert spec["path"].endswith("InTimeAccumulateWeightedAggregator") and "outlier_factor" not in spec["args"]
     with pytest.raises(ValueError, match="aggregation"):

@@ -16,7 +16,8 @@ from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.class_utils import instantiate_class
 
-from fedfms.federated import DATASETS, METHOD_BUNDLES, JobSettings, client_name, write_job
+from fedfms.orchestration.jobs import JobSettings, client_name, write_job
+from fedfms.registry import PAPER, dataset_names, method_names
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
@@ -24,6 +25,10 @@ JOBS = REPO / "jobs"
 
 def _config(job: str, side: str) -> dict:
     return json.loads((JOBS / job / "app" / "config" / f"config_fed_{side}.json").read_text())
+
+
+def _bundle_settings(job: str) -> dict:
+    return json.loads((JOBS / job / "app" / "config" / "bundle" / "configs" / "job.json").read_text())
 
 
 def _component(config: dict, component_id: str) -> dict:
@@ -43,14 +48,18 @@ def test_jobs_folder_is_in_sync_with_the_generator(tmp_path):
 
 def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
     expected_batch = {("fedsam", "nuclei"): 4, ("fedmsa", "brain"): 8}
-    for dataset in DATASETS:
-        for method in METHOD_BUNDLES:
+    assert sorted(dataset_names()) == ["brain", "fundus", "nuclei", "prostate"]
+    assert {"fedsam", "fedmsa", "fedunet"} <= set(method_names(federated=True))
+    for dataset in dataset_names():
+        for method in method_names(federated=True):
             job = f"{method}_{dataset}"
             meta = json.loads((JOBS / job / "meta.json").read_text())
             settings = JobSettings(method, dataset)
             assert meta["deploy_map"] == {"app": ["server", *map(client_name, settings.all_sites)]}
-            overrides = _config(job, "client")["executors"][0]["executor"]["args"]["overrides"]
-            assert overrides == _component(_config(job, "server"), "persistor")["args"]["overrides"]
+            # the job's bundle settings are written once (configs/job.json), not in the component configs
+            overrides = _bundle_settings(job)
+            assert "overrides" not in _config(job, "client")["executors"][0]["executor"]["args"]
+            assert "overrides" not in _component(_config(job, "server"), "persistor")["args"]
             assert overrides["num_classes"] == (2 if dataset == "fundus" else 1)
             if method == "fedunet":
                 assert "model_type" not in overrides and "batch_size" not in overrides
@@ -64,7 +73,7 @@ def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
 
 
 def test_jobs_hold_no_machine_paths_and_map_dotted_site_names():
-    for path in JOBS.rglob("config_fed_*.json"):
+    for path in [*JOBS.rglob("config_fed_*.json"), *JOBS.rglob("job.json")]:
         text = path.read_text()
         assert '"/' not in text and "FEDFMS_" not in text, path
     args = _config("fedmsa_prostate", "client")["executors"][0]["executor"]["args"]
@@ -104,13 +113,14 @@ def test_job_aggregator_weights_sites_by_training_samples():
 
 
 def test_embedded_code_travels_inside_the_job(tmp_path):
-    settings = JobSettings("fedmsa", "prostate", held_out=("UCL",), image_size=256)
+    settings = JobSettings("fedmsa", "prostate", PAPER.override(image_size=256), held_out=("UCL",))
     job = write_job(settings, tmp_path, REPO / "bundles", embed_code=True)
     custom = job / "app" / "custom" / "fedfms"
-    assert (custom / "federated" / "executor.py").read_text() == (REPO / "custom" / "fedfms" / "federated" / "executor.py").read_text()
+    assert (custom / "runtime" / "executor.py").read_text() == (REPO / "custom" / "fedfms" / "runtime" / "executor.py").read_text()
     assert not list(custom.rglob("__pycache__"))
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     assert _component(server, "scatter_and_gather")["args"]["train_sites"] == ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI1_5"]
-    assert _component(server, "persistor")["args"]["overrides"]["image_size"] == 256
+    assert json.loads((job / "app" / "config" / "bundle" / "configs" / "job.json").read_text())["image_size"] == 256
     unet = JobSettings("fedunet", "prostate").bundle_overrides()
-    assert "image_size" not in unet and JobSettings("fedunet", "prostate", image_size=64).bundle_overrides()["image_size"] == 64
+    assert "image_size" not in unet
+    assert JobSettings("fedunet", "prostate", PAPER.override(image_size=64)).bundle_overrides()["image_size"] == 64

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedfms.federated import client_name, write_job
-from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.orchestration.jobs import client_name, write_job
+from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 REPO = Path(__file__).resolve().parents[2]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -3,17 +3,28 @@ bytes of a FedMSA result and restore float32 with a bounded rounding error."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_context import FLContext
 from nvflare.fuel.utils.class_utils import instantiate_class
 
-from fedfms.federated import JobSettings
-from fedfms.federated.aggregation import check_update
-from fedfms.federated.executor import BYTES_SENT
-from fedfms.federated.jobs import _client_config, _server_config
-from fedfms.federated.selection import select_outgoing, serialized_size, transmitted_names
+from fedfms.runtime.aggregation import check_update
+from fedfms.core.wire import BYTES_SENT
+from fedfms.orchestration.jobs import JobSettings, job_configs
+from fedfms.registry import PAPER
+from fedfms.runtime.selection import select_outgoing, serialized_size, transmitted_names
 from fedfms.networks import MSASegmenter
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _configs(settings: JobSettings) -> tuple[dict, dict]:
+    """(server, client) configs of the job written for ``settings``."""
+    configs = job_configs(settings, REPO / "bundles")
+    return configs["server"], configs["client"]
 
 
 def _chain(config: dict, key: str) -> list:
@@ -31,8 +42,8 @@ def _apply(filters: list, dxo: DXO) -> DXO:
 
 
 def test_half_precision_halves_the_bytes_both_ways_and_round_trips():
-    settings = JobSettings("fedmsa", "prostate", model_type="vit_tiny", image_size=64, half_precision=True)
-    server, client = _server_config(settings), _client_config(settings)
+    settings = JobSettings("fedmsa", "prostate", PAPER.override(model_type="vit_tiny", image_size=64), half_precision=True)
+    server, client = _configs(settings)
     network = MSASegmenter(model_type="vit_tiny", image_size=64)
     sent = select_outgoing(network.state_dict(), transmitted_names(network), "test")
     sent["counter"] = np.array(7, np.int64)  # non-float tensors (BatchNorm counters) pass unchanged
@@ -59,16 +70,16 @@ def test_half_precision_halves_the_bytes_both_ways_and_round_trips():
 
 
 def test_overflow_becomes_inf_and_is_rejected_not_clipped():
-    settings = JobSettings("fedmsa", "prostate", half_precision=True)
+    server, client = _configs(JobSettings("fedmsa", "prostate", half_precision=True))
     weights = {"w": np.array([1.0, 7e4], np.float32)}
-    received = _apply(_chain(_client_config(settings), "task_result_filters")
-                      + _chain(_server_config(settings), "task_result_filters"), DXO(DataKind.WEIGHTS, weights))
+    received = _apply(_chain(client, "task_result_filters") + _chain(server, "task_result_filters"),
+                      DXO(DataKind.WEIGHTS, weights))
     assert "non-finite" in check_update(received.data, weights)
 
 
 def test_off_by_default_and_metrics_pass():
-    settings = JobSettings("fedmsa", "prostate")
-    assert not _server_config(settings)["task_data_filters"] and not _client_config(settings)["task_result_filters"]
+    server, client = _configs(JobSettings("fedmsa", "prostate"))
+    assert not server["task_data_filters"] and not client["task_result_filters"]
     metrics = DXO(DataKind.METRICS, {"val_dice": np.float32(0.5)})
-    out = _apply(_chain(_client_config(JobSettings("fedmsa", "prostate", half_precision=True)), "task_result_filters"), metrics)
+    out = _apply(_chain(_configs(JobSettings("fedmsa", "prostate", half_precision=True))[1], "task_result_filters"), metrics)
     assert out.data["val_dice"].dtype == np.float32

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedfms.federated.selection import (
+from fedfms.runtime.selection import (
     TransmissionError, check_incoming, describe, frozen_fingerprint, select_outgoing, transmitted_names,
 )
-from fedfms.federated.site_config import (
+from fedfms.runtime.site_config import (
     COMPONENT_PREFIX, SITE_CONFIG_FILE, SiteConfigError, allow_fedfms_components, resolve_sam_checkpoint,
     resolve_site_config,
 )

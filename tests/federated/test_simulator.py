@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfms.federated.selection import FROZEN_SHA256, describe, frozen_fingerprint
+from fedfms.core.wire import FROZEN_SHA256
+from fedfms.runtime.selection import describe, frozen_fingerprint
 from fedfms.networks import MSASegmenter, SAMSegmenter
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedfms.federated.aggregation import fedsca_weights
+from fedfms.runtime.aggregation import fedsca_weights
 
 
 def _record(audit: Path, site: str, direction: str, index: int) -> tuple[dict, dict]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 
-from fedfms.federated.precision import ToHalfPrecision
-from fedfms.federated.selection import select_outgoing, serialized_size, transmitted_names
+from fedfms.runtime.precision import ToHalfPrecision
+from fedfms.runtime.selection import select_outgoing, serialized_size, transmitted_names
 from fedfms.networks import MSASegmenter, SAMSegmenter
 
 

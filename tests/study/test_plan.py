@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fedfms.core.wire import EVALUATE_CONFIG, TRAIN_CONFIG
+from fedfms.registry import Profile
 from fedfms.study import StudyError, StudySettings, discover_sites, plan_study
 from fedfms.study.commands import bundle_command
 from fedfms.study.runs import FAILED, FINISHED, _bundle_overrides, is_reusable, job_settings, sam_weights
@@ -18,9 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 ALL = ("fedunet", "unet", "fedsam", "sam", "fedmsa", "msa")
 
 
-def settings(root: Path, **kwargs) -> StudySettings:
-    values = dict(dataset="prostate", data_root=root, out=root.parent / "out", methods=ALL, model_type="vit_tiny",
-                  image_size=64, rounds=2, batch_size=4, learning_rate=1e-3, num_workers=0)
+def settings(root: Path, model_type: str = "vit_tiny", **kwargs) -> StudySettings:
+    profile = Profile("test", model_type=model_type, image_size=64, rounds=2, batch_size=4, learning_rate=1e-3, num_workers=0)
+    values = dict(dataset="prostate", data_root=root, out=root.parent / "out", methods=ALL, profile=profile)
     return StudySettings(**{**values, **kwargs})
 
 
@@ -98,7 +100,7 @@ def test_federated_job_and_centralized_overrides_agree(fake_root, tmp_path):
     runs = {r.name: r for r in plan_study(study, discover_sites(fake_root, "prostate"))}
     job = job_settings(runs["fedmsa-pt__HK"], study)
     assert job.method == "fedmsa" and job.held_out == ("HK",) and job.cross_site_eval is False
-    assert job.train_sites == ["BIDMC", "ISBI1.5", "UCL"] and job.min_clients == 3 and job.num_rounds == 2
+    assert job.train_sites == ["BIDMC", "ISBI1.5", "UCL"] and job.min_clients == 3 and job.profile.rounds == 2
     central = _bundle_overrides(runs["msa-pt__HK"], study, None)
     assert central == job.bundle_overrides() == {"num_classes": 1, "model_type": "vit_tiny", "image_size": 64,
                                                   "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0}
@@ -109,7 +111,7 @@ def test_federated_job_and_centralized_overrides_agree(fake_root, tmp_path):
 
 
 def test_bundle_command_passes_pooled_datalists_as_a_list():
-    argv = bundle_command(REPO / "bundles" / "msa", "evaluate", ["train.json", "evaluate.json"],
+    argv = bundle_command(REPO / "bundles" / "msa", "evaluate", [TRAIN_CONFIG, EVALUATE_CONFIG],
                           {"datalist": ["/d/a/datalist.json", "/d/b/datalist.json"], "sam_checkpoint": None, "image_size": 64})
     assert argv[1:5] == ["-m", "monai.bundle", "run", "evaluate"]
     assert ast.literal_eval(argv[argv.index("--config_file") + 1]) == [str(REPO / "bundles/msa/configs/train.json"),
@@ -117,7 +119,7 @@ def test_bundle_command_passes_pooled_datalists_as_a_list():
     assert ast.literal_eval(argv[argv.index("--datalist") + 1]) == ["/d/a/datalist.json", "/d/b/datalist.json"]
     assert "--sam_checkpoint" not in argv and argv[-2:] == ["--image_size", "64"]
     with pytest.raises(FileNotFoundError, match="bundle config .*nowhere/configs/train.json not found"):
-        bundle_command(REPO / "nowhere", "", ["train.json"], {})
+        bundle_command(REPO / "nowhere", "", [TRAIN_CONFIG], {})
 
 
 def test_resume_reuses_only_finished_runs_with_the_same_settings(fake_root):
@@ -132,10 +134,12 @@ def test_cli_profile_defaults_and_overrides(cli, fake_root, tmp_path):
     args = cli.parse_args(["--dataset", "prostate", "--data-root", str(fake_root), "--out", str(tmp_path / "o"),
                            "--profile", "demo", "--rounds", "3", "--held-out", "UCL"])
     study = cli.settings_from_args(args, "CMD")
-    assert (study.model_type, study.image_size, study.rounds, study.local_epochs, study.checkpoint) == ("vit_tiny", 64, 3, 1, "final")
+    profile = study.profile
+    assert (profile.model_type, profile.image_size, profile.rounds, profile.local_epochs, profile.checkpoint) == ("vit_tiny", 64, 3, 1, "final")
     assert study.methods == ALL and study.held_out == ("UCL",) and study.command == "CMD"
     paper = cli.settings_from_args(cli.parse_args(["--dataset", "prostate", "--data-root", str(fake_root), "--out", "o"]), "")
-    assert (paper.model_type, paper.image_size, paper.rounds, paper.learning_rate, paper.checkpoint) == ("vit_b", None, 100, None, "best")
+    profile = paper.profile
+    assert (profile.model_type, profile.image_size, profile.rounds, profile.learning_rate, profile.checkpoint) == ("vit_b", None, 100, None, "best")
     assert replace(paper, command="x").command == "x"
     with pytest.raises(SystemExit):
         cli.parse_args(["--dataset", "prostate", "--data-root", "d", "--out", "o", "--held-out", "UCL", "--all-sites"])

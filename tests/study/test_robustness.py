@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fedfms.study import StudySettings, discover_sites, plan_study
-from fedfms.federated.simulator import StepError, run_logged
-from fedfms.study.study import run_study
+from fedfms.orchestration.simulator import StepError, run_logged
+from fedfms.registry import Profile
+from fedfms.study import StudySettings, discover_sites, plan_study, run_study
 
 
 def study(root: Path, out: Path, **kwargs) -> StudySettings:
     return StudySettings(dataset="prostate", data_root=root, out=out, methods=("fedunet", "unet"), held_out=("UCL",),
-                         model_type="vit_tiny", image_size=64, rounds=1, command="pytest", **kwargs)
+                         profile=Profile("test", model_type="vit_tiny", image_size=64, rounds=1), command="pytest", **kwargs)
 
 
 def test_failures_are_recorded_and_the_study_continues(fake_root, tmp_path):
@@ -52,7 +52,7 @@ def test_resume_skips_finished_runs_with_unchanged_settings(fake_root, tmp_path)
     assert outcome.records[1] == finished and [r["name"] for r in outcome.failures] == ["fedunet__UCL"]
     assert "| UCL | failed / 0.563 | 0.4200 / - |" in (tmp_path / "out" / "results.md").read_text()
     # Changed settings (another number of rounds): the finished run is not reused but run again.
-    outcome = run_study(replace(settings, rounds=2), bundles_dir=tmp_path / "no_bundles", resume=True, progress=False)
+    outcome = run_study(replace(settings, profile=settings.profile.override(rounds=2)), bundles_dir=tmp_path / "no_bundles", resume=True, progress=False)
     assert [r["name"] for r in outcome.failures] == ["fedunet__UCL", "unet__UCL"]
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fedfms.reporting.study_plots import plot_learning_curves, plot_site_bars
 from fedfms.reporting.study_tables import result_rows, results_markdown, write_results
-from fedfms.study.paper import PAPER_TABLE1, paper_dice
+from fedfms.registry.paper import PAPER_TABLE1, paper_dice
 
 
 def record(name, label, held_out, dice, paper_row=None, status="finished", sources=(0.6, 0.8), dice_3d=None, history=None):

@@ -1,4 +1,5 @@
-"""Checkpoints of the bundles: atomic saving, and loading trained weights (`ckpt_path`) into a bundle's network for evaluation and inference.
+"""Checkpoints of the bundles: atomic saving, and loading trained weights (`ckpt_path`) into a bundle's
+network for evaluation and inference.
 
 A trained checkpoint may hold every tensor of the network (a bundle's own model.pt) or only the
 transmitted ones (FedMSA's global model: adapters, mask decoder, head). The frozen rest then comes from
@@ -13,13 +14,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
 
+from fedfms.core.io import load_tensors
 from fedfms.networks import CheckpointError, load_partial_state, transmitted_keys
 
 logger = logging.getLogger(__name__)
@@ -28,17 +28,7 @@ logger = logging.getLogger(__name__)
 def read_trained_state(path: str | os.PathLike, key: str = "model") -> dict[str, torch.Tensor]:
     """Tensors of a trained checkpoint: a flat state dict (a bundle's model.pt), or the `key` entry of
     a nested one (e.g. NVFlare's PTFileModelPersistor writes {"model": ..., "train_conf": ...})."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} (ckpt_path) does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {err}") from err
-    if isinstance(state, dict) and isinstance(state.get(key), dict):
-        state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path}: expected a state dict of tensors, flat or under {key!r}")
-    return state
+    return load_tensors(path, key=key, what="checkpoint (ckpt_path)")
 
 
 def load_trained_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> list[str]:
@@ -65,9 +55,9 @@ class PartialCheckpointLoader:
 
     An empty `load_path` ("" or None) keeps the network as built (SAM checkpoint or random init), e.g. to
     evaluate a model before training; on the command line that is `--ckpt_path ""`, because
-    `monai.bundle run` drops overrides whose value is None. The class name contains "CheckpointLoader"
-    on purpose: monai.fl's MonaiAlgo disables handlers so named, because in federated rounds the
-    weights come from the server instead.
+    `monai.bundle run` drops overrides whose value is None. In a federated job the weights come from the
+    server: the site executor sets `ckpt_path` to "" (monai.fl's MonaiAlgo would also disable this
+    handler by its class name, which contains "CheckpointLoader").
     """
 
     def __init__(self, load_path: str | os.PathLike | None, network: torch.nn.Module, key: str = "model") -> None:
@@ -78,15 +68,15 @@ class PartialCheckpointLoader:
 
     def __call__(self, engine: Engine) -> None:
         if not self.load_path:
-            logger.warning("ckpt_path is empty: using the network as built, without trained weights")
+            logger.info("ckpt_path is empty: using the network as built, without trained weights")
             return
         load_trained_weights(self.network, self.load_path, self.key)
 
 
 class _ReplacingDiskSaver(DiskSaver):
-    """Saves under one fixed file name through a temporary file + os.replace. Removing the previous
-    version is a no-op: ignite removes the old file before writing the new one, which would leave no
-    model at all if the write then failed, and os.replace already overwrites it atomically."""
+    """ignite's atomic DiskSaver writing under one fixed file name. Removing the previous version is a
+    no-op: ignite's Checkpoint removes the old file before writing the new one, which would leave no
+    model at all if the write then failed; the atomic write's os.replace overwrites it instead."""
 
     def __init__(self, dirname: str, filename: str) -> None:
         super().__init__(dirname=dirname, atomic=True, require_empty=False)
@@ -99,22 +89,33 @@ class _ReplacingDiskSaver(DiskSaver):
         pass
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's CheckpointSaver whose model.pt / model_final.pt are replaced atomically: readers see the
-    previous file or the new one, never a truncated or missing file.
+class AtomicCheckpointSaver:
+    """Ignite handler saving `save_dict` (e.g. {"model": network}) like MONAI's CheckpointSaver, under
+    fixed file names replaced atomically: readers see the previous file or the new one, never a
+    truncated or missing file. (MONAI's saver writes non-atomically and deletes the previous file first.)
 
-    MONAI builds its savers with ignite's DiskSaver(atomic=False) (atomic files once lacked group/other
-    read permission; ignite 0.5 restores those bits) and ignite deletes a fixed-name file before
-    rewriting it; here both fixed-name savers are swapped for _ReplacingDiskSaver.
+    save_final: write `final_filename` (default model_final.pt) when the engine's run completes (a run
+        that raises keeps the previous file). save_key_metric: after each epoch, write
+        `key_metric_filename` (default model.pt) when the key metric (`key_metric_name`, default the
+        engine's `state.key_metric_name`) beats every earlier value. A single saved object is stored as
+        its flat state dict, as ignite does.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is None:
-                continue
-            fixed = getattr(checkpoint.save_handler, "filename", None)
-            if fixed is not None:
-                checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, fixed)
-            else:
-                checkpoint.save_handler._atomic = True
+    def __init__(self, save_dir: str, save_dict: dict, save_final: bool = False, final_filename: str = "model_final.pt",
+                 save_key_metric: bool = False, key_metric_filename: str = "model.pt",
+                 key_metric_name: str | None = None) -> None:
+        self.save_dir, self.save_dict = save_dir, save_dict
+        self.final = Checkpoint(save_dict, _ReplacingDiskSaver(save_dir, final_filename), n_saved=1,
+                                score_function=lambda engine: engine.state.iteration, score_name="iteration") if save_final else None
+        self.best = Checkpoint(save_dict, _ReplacingDiskSaver(save_dir, key_metric_filename), n_saved=1,
+                               score_function=self._key_metric, score_name="key_metric") if save_key_metric else None
+        self.key_metric_name = key_metric_name
+
+    def _key_metric(self, engine: Engine) -> float:
+        return float(engine.state.metrics[self.key_metric_name or engine.state.key_metric_name])
+
+    def attach(self, engine: Engine) -> None:
+        if self.final is not None:
+            engine.add_event_handler(Events.COMPLETED, self.final)
+        if self.best is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.best)

@@ -1,4 +1,4 @@
-"""Read prepared site datalists (decathlon style, see the brief's data contract) for the bundles.
+"""Read prepared site datalists (decathlon style; the format tools/prepare_data.py writes, README "Data") for the bundles.
 
 A bundle's `datalist` is one site's datalist.json or a list of them; a list pools the sites, which is
 the centralized baseline (the paper's SAM / MSA rows). Paths in a datalist are relative to its folder

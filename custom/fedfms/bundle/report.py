@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from fedfms.bundle.atomic import atomic_path
+from fedfms.core.io import atomic_path
 from fedfms.bundle.metrics import dice_from_counts, iou_from_counts, overlap_counts
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from fedfms.bundle.atomic import atomic_path
+from fedfms.core.io import atomic_path
 from fedfms.bundle.datalist import load_metadata
 
 logger = logging.getLogger(__name__)

@@ -56,6 +56,8 @@ class BrainPreparer(Preparer):
     name = "brain"
     sites = tuple(SITE_PREFIX + p for p in DEFAULT_PARTITIONS)
     source_release = "FeTS 2022 challenge training data (BraTS 2021), T1ce"
+    label_channels = TARGETS["et"].names  # --brain-target tc: ("TC",)
+    volumetric = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--brain-target", dest="target", choices=sorted(TARGETS), default="et",

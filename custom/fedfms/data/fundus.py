@@ -197,6 +197,8 @@ class FundusPreparer(Preparer):
     name = "fundus"
     sites = ("REFUGE", "ORIGA", "G1020", "Drishti-GS1")
     source_release = "REFUGE (2018), ORIGA, G1020 (2020), Drishti-GS1 (2014)"
+    label_channels = OD_CONVENTIONS["disc"].names
+    volumetric = False
 
     def site_aliases(self, site: str) -> tuple[str, ...]:
         return SITE_FOLDERS[site]

@@ -209,6 +209,8 @@ class NucleiPreparer(Preparer):
     name = "nuclei"
     sites = (*PANNUKE_SITES, "MoNuSAC", "TNBC", "MoNuSeg")
     source_release = "PanNuke (2020), MoNuSAC (2020), TNBC (Naylor et al. 2018), MoNuSeg (2018)"
+    label_channels = _BINARY.names
+    volumetric = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--pannuke-folds", dest="pannuke_folds", default="all", type=_folds_option,

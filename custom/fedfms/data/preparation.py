@@ -9,7 +9,8 @@ release's label values into binary channels. Everything else (validation, normal
 How to add a dataset
 --------------------
 1. Create ``custom/fedfms/data/<name>.py`` with a subclass of :class:`Preparer` that sets ``name``,
-   ``sites`` (default site names, in order) and ``source_release``, and implements
+   ``sites`` (default site names, in order), ``source_release``, ``label_channels`` (the channel names
+   its label maps produce with the default options) and ``volumetric`` (3D volumes or 2D images), and implements
    ``iter_cases(src, site, **options)``. Yield one :class:`Case` per volume (3D releases) or per image
    (2D releases); set ``group`` to the patient id when several cases belong to one patient, so the
    train/validation split never separates them. The label channel names come from the cases'
@@ -32,7 +33,8 @@ How to add a dataset
    The module docstring is the dataset's ``--help`` text: document the release layout there.
 5. Register at import time: ``register(MyPreparer())`` at module level. Every module of the package
    ``fedfms.data`` is imported by :func:`available_datasets` / :func:`get_preparer`, so nothing else
-   needs editing; ``tools/prepare_data.py`` picks the new dataset up automatically.
+   needs editing: ``tools/prepare_data.py``, the job generator and the study pick the new dataset up
+   (``fedfms.registry.datasets`` derives sites and ``num_classes`` from the preparer).
 """
 
 from __future__ import annotations
@@ -123,11 +125,18 @@ class Case:
 
 
 class Preparer(abc.ABC):
-    """Reader of one public release. Subclasses set the class attributes and implement iter_cases."""
+    """Reader of one public release. Subclasses set the class attributes and implement iter_cases.
+
+    name: dataset name; sites: default site names, in order; source_release: what release it reads;
+    label_channels: names of the label channels with the default options (their number is the
+    networks' ``num_classes``); volumetric: True for 3D volumes sliced into 2D samples, False for 2D images.
+    """
 
     name: str
     sites: tuple[str, ...]
     source_release: str
+    label_channels: tuple[str, ...]
+    volumetric: bool
 
     @abc.abstractmethod
     def iter_cases(self, src: Path, site: str, **options) -> Iterable[Case]:

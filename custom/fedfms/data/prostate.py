@@ -39,6 +39,8 @@ class ProstatePreparer(Preparer):
     name = "prostate"
     sites = tuple(SITE_FOLDERS)
     source_release = "Multi-site prostate MRI (Liu et al., MS-Net/SAML release)"
+    label_channels = LABEL_MAP.names
+    volumetric = True
 
     def site_aliases(self, site: str) -> tuple[str, ...]:
         return SITE_FOLDERS[site]

@@ -1,6 +1,6 @@
 """Turn a preparer's cases into a prepared site folder, atomically and reproducibly.
 
-Output of :func:`prepare_site` (see the project brief for the contract)::
+Output of :func:`prepare_site` (the contract the bundles read, README "Data")::
 
     OUT/DATASET/SITE/datalist.json      training / validation / test lists + metadata
     OUT/DATASET/SITE/images/ID[_sNNN].npy   (C, H, W) float16 in [0, 1] (volumes) or uint8 (RGB)
@@ -19,9 +19,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fedfms.core.io import staged_directory, write_json_atomic
 from fedfms.data.preparation import Case, CaseExcluded, DataError, Preparer, RawCase, get_preparer, read_error
 from fedfms.transforms.labels import LabelToChannelsd
 from fedfms.transforms.volume import SliceVolumed, volume_percentile_normalize
@@ -143,25 +142,6 @@ def split_groups(groups: Iterable[str], seed: int = DEFAULT_SEED, val_fraction: 
     return {unique[i] for i in order[:n_val]}
 
 
-def _write_json(path: Path, obj: object) -> None:
-    """Write JSON atomically (temp file + os.replace), sorted keys for byte-stable output."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_directory(tmp: Path, target: Path) -> None:
-    """Replace directory ``target`` by ``tmp``. Two renames: if interrupted between them, the previous
-    good output survives complete under a ``.SITE.old-*`` name and ``target`` is simply absent."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.rename(target, old / target.name)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def prepare_site(
     preparer: Preparer,
     src: Path,
@@ -188,11 +168,12 @@ def prepare_site(
     duplicates = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if duplicates:
         raise DataError(src, f"duplicate case ids in site {site!r}: {duplicates}")
+    channels = cases[0].label_map.names
+    if len(channels) != len(preparer.label_channels):  # the networks' num_classes comes from the preparer
+        raise ValueError(f"{type(preparer).__name__} declares {len(preparer.label_channels)} label channels "
+                         f"{preparer.label_channels}, its cases produce {channels}")
     dataset_dir = out / preparer.name
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dataset_dir, prefix=f".{site}.tmp-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp creates 0700; the prepared site is an ordinary shared folder
+    with staged_directory(dataset_dir / site) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         entries: list[dict] = []
@@ -227,7 +208,7 @@ def prepare_site(
             "dataset": preparer.name,
             "num_volumes": len(volumes),
             "num_slices": len(entries),
-            "label_channels": list(cases[0].label_map.names),
+            "label_channels": list(channels),
             "synthetic": synthetic,
             "source_release": source_release or preparer.source_release,
             "volumes": volumes,
@@ -236,12 +217,9 @@ def prepare_site(
                 g == v for v, g in groups.items()) else "patient", "validation_groups": sorted(val_groups)},
             "options": {k: v for k, v in sorted((options or {}).items())},
         }
-        _write_json(tmp / "datalist.json",
-                    {"training": training, "validation": validation, "test": entries, "metadata": metadata})
-        replace_directory(tmp, dataset_dir / site)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "datalist.json",
+                          {"training": training, "validation": validation, "test": entries, "metadata": metadata},
+                          indent=1, sort_keys=True)
     return SiteSummary(site, len(volumes), len(entries), len(training), len(validation), skipped)
 
 
@@ -257,7 +235,7 @@ def write_dataset_index(dataset_dir: Path) -> dict:
                             "num_samples": m["num_slices"], "num_training": len(d["training"]),
                             "num_validation": len(d["validation"]), "synthetic": m["synthetic"]}
     index = {"dataset": dataset_dir.name, "sites": sites}
-    _write_json(dataset_dir / "dataset.json", index)
+    write_json_atomic(dataset_dir / "dataset.json", index, indent=1, sort_keys=True)
     return index
 
 

@@ -3,16 +3,13 @@ segment_anything's modules, plus the function that decides what a site transmits
 
 from .adapters import Adapter, AdaptedBlock
 from .checkpoint import CheckpointError, load_partial_state, load_sam_checkpoint, read_state_dict
-from .configs import ENCODER_CONFIGS, EncoderConfig, encoder_config
+from .configs import DEFAULT_MODEL_TYPE, ENCODER_CONFIGS, EncoderConfig, encoder_config
 from .random_weights import write_random_sam_checkpoint
 from .segmenter import MSASegmenter, PromptFreeSegmenter, SAMSegmenter, resize_pos_embed
 from .transmission import transmitted_keys, transmitted_state
 
-#: Registry of the SAM-based networks by the name the bundles and jobs use.
-NETWORKS = {"sam": SAMSegmenter, "msa": MSASegmenter}
-
 __all__ = [
-    "NETWORKS",
+    "DEFAULT_MODEL_TYPE",
     "ENCODER_CONFIGS",
     "Adapter",
     "AdaptedBlock",

@@ -1,6 +1,6 @@
 """Medical SAM Adapter (MSA) pieces: the bottleneck adapter and a ViT block that runs two of them.
 
-Placement follows the MSA reference (see REFERENCE.md): a Space adapter (with skip) on the attention
+Placement follows the Medical SAM Adapter reference code: a Space adapter (with skip) on the attention
 output inside the window partition, and an MLP adapter (without skip) in parallel to the block's MLP,
 scaled by 0.5. The reference's Depth adapter only runs on 3D input and is left out.
 """

@@ -11,37 +11,17 @@ from typing import Collection, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from fedfms.core.io import CheckpointError, load_tensors
+
 from .configs import ENCODER_CONFIGS
 
 PathLike = Union[str, Path]
 _SHOWN = 5  # mismatching keys quoted in an error message
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not fit the model."""
-
-
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """Read a state dict (str -> Tensor) from ``path`` on the CPU, without executing pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; fedfms never downloads weights, pass the path of a "
-            "local copy (e.g. sam_vit_b_01ec64.pth)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch file (truncated or corrupted?): {err}"
-        ) from err
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(
-            f"checkpoint {path} does not hold a state dict of named tensors (got {type(state).__name__})"
-        )
-    return dict(state)
+    """Read an official SAM state dict (str -> Tensor) from ``path`` on the CPU, without executing pickled code."""
+    return load_tensors(path, what="SAM checkpoint")
 
 
 def _guess_model_type(state: Mapping[str, torch.Tensor]) -> Optional[str]:

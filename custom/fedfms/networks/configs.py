@@ -12,6 +12,8 @@ from typing import Dict, Tuple
 #: shape for shape, and other input sizes interpolate the absolute position embedding at run time.
 SAM_IMAGE_SIZE = 1024
 PATCH_SIZE = 16
+#: The paper's encoder (ViT-B), the default wherever a model_type is not given.
+DEFAULT_MODEL_TYPE = "vit_b"
 PROMPT_EMBED_DIM = 256
 
 

@@ -9,6 +9,8 @@ from typing import Union
 
 import torch
 
+from fedfms.core.io import save_torch_atomic
+
 from .segmenter import SAMSegmenter
 
 
@@ -22,8 +24,4 @@ def write_random_sam_checkpoint(path: Union[str, Path], model_type: str, seed: i
         torch.manual_seed(seed)
         model = SAMSegmenter(model_type=model_type)
     new = set(model.new_keys())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: v for k, v in model.state_dict().items() if k not in new}, tmp)
-    tmp.replace(path)
-    return path
+    return save_torch_atomic({k: v for k, v in model.state_dict().items() if k not in new}, path)

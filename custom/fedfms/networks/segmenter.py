@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from .adapters import AdaptedBlock
 from .checkpoint import load_sam_checkpoint
-from .configs import PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
+from .configs import DEFAULT_MODEL_TYPE, PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
 
 NUM_MASK_TOKENS = 4  # SAM's single-mask token + 3 multimask tokens
 
@@ -46,7 +46,7 @@ class PromptFreeSegmenter(nn.Module):
 
     def __init__(
         self,
-        model_type: str = "vit_b",
+        model_type: str = DEFAULT_MODEL_TYPE,
         num_classes: int = 1,
         image_size: int = SAM_IMAGE_SIZE,
         checkpoint: Optional[Union[str, Path]] = None,

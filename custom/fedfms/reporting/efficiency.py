@@ -18,7 +18,8 @@ from typing import Dict, List, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedfms.networks import NETWORKS, transmitted_state
+from fedfms.networks import transmitted_state
+from fedfms.registry.methods import network_class
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def measure_in_process(
     """Measure one configuration in the current process (see ``measure`` for a clean process)."""
     torch.manual_seed(1337)
     dev = torch.device(device)
-    model = NETWORKS[network](
+    model = network_class(network)(
         model_type=model_type, image_size=image_size, checkpoint=checkpoint,
         activation_checkpointing=activation_checkpointing,
     ).to(dev).train()

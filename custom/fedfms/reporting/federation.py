@@ -1,6 +1,6 @@
 """Tables and plots of a federated run: per-site Dice before/after federation, learning curves.
 
-``history`` is the server's ``fedfms_rounds.json`` (fedfms.federated.report.JobReport): one entry per
+``history`` is the server's ``fedfms_rounds.json`` (fedfms.runtime.report.JobReport): one entry per
 round with the validation Dice each training site measured on the global model it received, its
 training loss and the bytes it sent, and the sample-weighted Dice.
 """
@@ -14,6 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from fedfms.core.io import save_figure_atomic  # noqa: E402
 
 
 def dice_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
@@ -55,9 +57,6 @@ def plot_learning_curve(history: Sequence[Mapping[str, object]], path: Path, tit
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

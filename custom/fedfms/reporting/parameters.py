@@ -5,9 +5,10 @@ from typing import Dict, Optional
 
 import torch
 
-from fedfms.networks import NETWORKS, transmitted_state
+from fedfms.networks import transmitted_state
+from fedfms.registry.methods import network_class
 
-#: Learnable-parameter counts the paper reports (Table 2 and REFERENCE.md, num_classes = 1).
+#: Learnable-parameter counts the paper reports (Table 2; num_classes = 1; the FedMSA counts include MSA's unused Depth adapters, see PAPER_DIFFERENCE).
 PAPER_LEARNABLE = {
     ("sam", "vit_b"): 93_735_477,
     ("sam", "vit_l"): 312_342_837,
@@ -45,7 +46,7 @@ def count_parameters(network: str, model_type: str, num_classes: int = 1) -> Par
     has the same tensors), at the dtypes the model holds (fp32).
     """
     with torch.device("meta"):
-        model = NETWORKS[network](model_type=model_type, num_classes=num_classes)
+        model = network_class(network)(model_type=model_type, num_classes=num_classes)
     sent = transmitted_state(model)
     return ParameterCounts(
         network=network,

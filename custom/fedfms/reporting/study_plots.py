@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedfms.core.io import save_figure_atomic  # noqa: E402
+
 
 def _caption(labels: Sequence[str]) -> str:
     """The data labels (synthetic data, random weights), wrapped to fit a figure."""
@@ -20,13 +22,9 @@ def _caption(labels: Sequence[str]) -> str:
 
 def _save(fig, path: Path, command: str) -> Path:
     """Write ``fig`` atomically as PNG; the study's command goes into the PNG's Description text chunk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, metadata={"Description": command} if command else None)
+    save_figure_atomic(fig, path, dpi=110, metadata={"Description": command} if command else None)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def plot_site_bars(rows: Sequence[Mapping], site: str, path: Path, labels: Sequence[str] = (), command: str = "") -> Path:

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from fedfms.federated.report import write_json_atomic, write_text_atomic
-from fedfms.study.paper import paper_scores
+from fedfms.core.io import write_json_atomic, write_text_atomic
+from fedfms.registry.paper import paper_scores
 
 CSV_COLUMNS = ("held_out", "label", "method", "federated", "pretrained", "status", "dice", "iou", "dice_3d",
                "source_dice", "paper_row", "paper_dice", "paper_iou", "run", "error")

@@ -1,4 +1,4 @@
-"""Command lines of the study's bundle steps (run with ``fedfms.federated.simulator.run_logged``)."""
+"""Command lines of the study's bundle steps (run with ``fedfms.orchestration.simulator.run_logged``)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ def bundle_command(bundle_root: Path, workflow: str, configs: Sequence[str], ove
     """``python -m monai.bundle run [workflow] --config_file ... --bundle_root ... --KEY VALUE ...``.
 
     workflow: "" for the train config's default "run" key, "evaluate" for evaluate.json's; configs:
-    file names under bundle_root/configs (later ones override earlier ones). None values are left
+    config files relative to bundle_root, e.g. "configs/train.json" (later ones override earlier ones). None values are left
     out (the bundle default applies; ``monai.bundle run`` would drop them anyway); lists are passed as
     Python literals, which is how the bundle README passes pooled datalists. FileNotFoundError names
     a missing config file before any process starts.
     """
-    files = [str(Path(bundle_root) / "configs" / c) for c in configs]
+    files = [str(Path(bundle_root) / c) for c in configs]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"bundle config {missing[0]} not found (expected the repository's bundles/ folder)")

@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fedfms.data import get_preparer
-
-from .methods import Method, column_label, get_method, paper_row
+from fedfms.registry import PAPER, Method, Profile, column_label, get_dataset, get_method, paper_row
 
 
 class StudyError(ValueError):
@@ -36,34 +34,24 @@ class Site:
 
 @dataclass(frozen=True)
 class StudySettings:
-    """Everything that defines a study (the resolved profile plus command-line overrides).
+    """Everything that defines a study.
 
-    methods: names from fedfms.study.methods.METHODS; held_out: unseen sites (folder names), empty = every
-    site in turn; no_pretraining: add the -PT ablation of the SAM-based methods when a checkpoint is
-    given (without a checkpoint every SAM-based run is already -PT); sam_checkpoint: official SAM
-    weights or None; checkpoint: which trained model is evaluated, "best" (by validation Dice on the
-    source sites) or "final"; cpu_threads: OpenMP threads per child process (None = torch default,
-    in the simulator cores / sites per site); threads: simulator threads (None = one per site); device: bundle device
-    (None = the bundles' default, cuda:0 if available).
+    methods: names of ``fedfms.registry`` methods; profile: the training settings (a registered profile
+    with the command line's overrides); held_out: unseen sites (folder names), empty = every site in turn;
+    no_pretraining: add the -PT ablation of the SAM-based methods when a checkpoint is given (without a
+    checkpoint every SAM-based run is already -PT); sam_checkpoint: official SAM weights or None;
+    threads: simulator threads (None = one per site); device: bundle device (None = the bundles' default,
+    cuda:0 if available).
     """
 
     dataset: str
     data_root: Path
     out: Path
     methods: Tuple[str, ...]
+    profile: Profile = PAPER
     held_out: Tuple[str, ...] = ()
     no_pretraining: bool = False
     sam_checkpoint: Optional[Path] = None
-    profile: str = "paper"
-    model_type: str = "vit_b"
-    image_size: Optional[int] = None
-    rounds: int = 100
-    local_epochs: int = 1
-    batch_size: Optional[int] = None
-    learning_rate: Optional[float] = None
-    num_workers: Optional[int] = None
-    cpu_threads: Optional[int] = None
-    checkpoint: str = "best"
     threads: Optional[int] = None
     device: Optional[str] = None
     seed: int = 1337
@@ -71,8 +59,7 @@ class StudySettings:
 
     def as_json(self) -> Dict[str, object]:
         """The settings as JSON-ready values (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+        return json.loads(json.dumps(asdict(self), default=str))
 
 
 @dataclass(frozen=True)
@@ -110,7 +97,8 @@ def discover_sites(data_root: Path, dataset: str) -> List[Site]:
         raise StudyError(f"{folder} does not exist: prepare the data first (tools/prepare_data.py {dataset} "
                          f"--src ... --out {data_root}, or tools/make_demo_data.py --out {data_root} for prostate)")
     found = {p.parent.name: p for p in folder.glob("*/datalist.json") if not p.parent.name.startswith(".")}
-    order = [s for s in get_preparer(dataset).sites if s in found] + sorted(set(found) - set(get_preparer(dataset).sites))
+    registered = get_dataset(dataset).sites
+    order = [s for s in registered if s in found] + sorted(set(found) - set(registered))
     sites = []
     for name in order:
         path = found[name]
@@ -144,15 +132,16 @@ def run_name(method: Method, pretrained: Optional[bool], held_out: Site) -> str:
 def _run_settings(settings: StudySettings, method: Method, pretrained: Optional[bool], held_out: Site,
                   sources: Sequence[Site]) -> Dict[str, object]:
     """What determines a run's result: a finished run is reused (--resume) only if this is unchanged."""
+    profile = settings.profile
     values: Dict[str, object] = {
         "dataset": settings.dataset, "method": method.name, "held_out": held_out.folder,
         "sources": [s.folder for s in sources], "datalists": [str(s.datalist) for s in (held_out, *sources)],
-        "image_size": settings.image_size, "rounds": settings.rounds, "local_epochs": settings.local_epochs,
-        "batch_size": settings.batch_size, "learning_rate": settings.learning_rate, "checkpoint": settings.checkpoint,
+        "image_size": profile.image_size, "rounds": profile.rounds, "local_epochs": profile.local_epochs,
+        "batch_size": profile.batch_size, "learning_rate": profile.learning_rate, "checkpoint": profile.checkpoint,
         "seed": settings.seed,
     }
     if method.uses_sam:
-        values.update(model_type=settings.model_type, pretrained=pretrained,
+        values.update(model_type=profile.model_type, pretrained=pretrained,
                       sam_checkpoint=str(settings.sam_checkpoint) if pretrained else None)
     return values
 
@@ -180,7 +169,7 @@ def plan_study(settings: StudySettings, sites: Sequence[Site]) -> List[StudyRun]
             for pretrained in pretraining_variants(method, settings):
                 runs.append(StudyRun(
                     name=run_name(method, pretrained, unseen), method=method, held_out=unseen, sources=sources,
-                    pretrained=pretrained, label=column_label(method, bool(pretrained), settings.model_type),
-                    paper_row=paper_row(method, bool(pretrained), settings.model_type),
+                    pretrained=pretrained, label=column_label(method, bool(pretrained), settings.profile.model_type),
+                    paper_row=paper_row(method, bool(pretrained), settings.profile.model_type),
                     settings=_run_settings(settings, method, pretrained, unseen, sources)))
     return runs

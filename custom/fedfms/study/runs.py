@@ -1,7 +1,7 @@
 """Executing one run of the study (train, then evaluate on every site) into OUT/runs/<name>/.
 
 A run works in a hidden staging folder ``OUT/runs/.<name>.tmp-*`` and is renamed into place when it
-ends, finished or failed, so ``OUT/runs/<name>/record.json`` is always complete:
+ends, finished or failed (``fedfms.core.io.staged_directory``), so ``OUT/runs/<name>/record.json`` is always complete:
 
     record.json          status ("finished" | "failed"), settings, the exact commands, metrics, timings, error
     train.log / simulator.log / evaluate.log     each child process's output
@@ -16,20 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from fedfms.federated import JobSettings, client_name, write_job
-from fedfms.federated.report import ROUNDS_FILE, write_json_atomic
-from fedfms.federated.simulator import child_environment, run_logged, run_simulator, simulator_command
-from fedfms.federated.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.core.io import staged_directory, write_json_atomic
+from fedfms.core.wire import EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
 from fedfms.networks import write_random_sam_checkpoint
+from fedfms.orchestration.jobs import JobSettings, client_name, write_job
+from fedfms.orchestration.simulator import child_environment, run_logged, run_simulator, simulator_command
+from fedfms.registry import bundle_overrides, get_dataset
 from fedfms.reporting.federation import plot_learning_curve
+from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 from .commands import bundle_command
 from .plan import StudyRun, StudySettings
@@ -38,7 +38,7 @@ log = logging.getLogger("fedfms.study")
 
 RECORD = "record.json"
 FINISHED, FAILED = "finished", "failed"
-TRAIN_CONFIG, EVALUATE_CONFIGS = ["train.json"], ["train.json", "evaluate.json"]
+TRAIN_CONFIGS, EVALUATE_CONFIGS = [TRAIN_CONFIG], [TRAIN_CONFIG, EVALUATE_CONFIG]
 #: Which trained model is evaluated: file of a centralized run's output_dir / of the NVFlare server.
 MODEL_FILES = {"best": ("model.pt", "best_FL_global_model.pt"), "final": ("model_final.pt", "FL_global_model.pt")}
 
@@ -67,16 +67,12 @@ def is_reusable(record: Optional[dict], run: StudyRun) -> bool:
 
 
 def job_settings(run: StudyRun, settings: StudySettings) -> JobSettings:
-    """The federated job of ``run`` (also the source of a centralized run's bundle overrides, so both
-    use the same batch size, image size and encoder): every site in the deploy map, the held-out site
-    evaluating only, the server waiting for every source site each round, no NVFlare cross-site
-    evaluation (the study evaluates every model the same way, with the bundle's evaluate workflow)."""
-    extra = {k: v for k, v in (("learning_rate", settings.learning_rate), ("num_workers", settings.num_workers)) if v is not None}
+    """The NVFlare job of a federated ``run``: every site in the deploy map, the held-out site evaluating
+    only, the server waiting for every source site each round, no NVFlare cross-site evaluation (the
+    study evaluates every model the same way, with the bundle's evaluate workflow)."""
     return JobSettings(
-        run.method.job_method, settings.dataset, sites=tuple(s.folder for s in run.evaluated),
-        held_out=(run.held_out.folder,), num_rounds=settings.rounds, local_epochs=settings.local_epochs,
-        model_type=settings.model_type, image_size=settings.image_size, batch_size=settings.batch_size,
-        min_clients=len(run.sources), cross_site_eval=False, overrides=extra,
+        run.method.name, settings.dataset, settings.profile, sites=tuple(s.folder for s in run.evaluated),
+        held_out=(run.held_out.folder,), min_clients=len(run.sources), cross_site_eval=False,
         name=client_name(f"{run.method.name}_{settings.dataset}_{run.held_out.folder}"))
 
 
@@ -88,13 +84,16 @@ def sam_weights(run: StudyRun, settings: StudySettings) -> Optional[Path]:
     if run.pretrained:
         return settings.sam_checkpoint
     if run.method.federated:
-        return write_random_sam_checkpoint(settings.out / "weights" / f"sam_{settings.model_type}_random_seed{settings.seed}.pth",
-                                     settings.model_type, settings.seed)
+        model_type = settings.profile.model_type
+        return write_random_sam_checkpoint(settings.out / "weights" / f"sam_{model_type}_random_seed{settings.seed}.pth",
+                                           model_type, settings.seed)
     return None
 
 
 def _bundle_overrides(run: StudyRun, settings: StudySettings, checkpoint: Optional[Path]) -> Dict[str, object]:
-    overrides: Dict[str, object] = dict(job_settings(run, settings).bundle_overrides())
+    """The bundle overrides of a run's training (centralized) and evaluation: those of its federated job
+    (``fedfms.registry.bundle_overrides``), so both kinds of run compare like with like."""
+    overrides = bundle_overrides(run.method, get_dataset(settings.dataset), settings.profile)
     if run.method.uses_sam and checkpoint is not None:
         overrides["sam_checkpoint"] = str(checkpoint)
     if settings.device:
@@ -116,11 +115,12 @@ def _train_federated(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Op
     write_json_atomic(workspace / "local" / SITE_CONFIG_FILE, {k: v for k, v in site.items() if v})
     threads = settings.threads or len(job_set.all_sites)
     command = simulator_command(job, workspace, threads)
-    record["commands"].append({"step": "train", "job": f"fedfms.federated.write_job({job_set!r})",
+    record["commands"].append({"step": "train", "job": f"fedfms.orchestration.jobs.write_job({job_set!r})",
                                "site_config": site, "command": shlex.join(command)})
-    ctx.progress(f"simulator 0/{settings.rounds} rounds")
-    seconds = run_simulator(job, workspace, threads, stage / "simulator.log", settings.cpu_threads,
-                            on_round=lambda n: ctx.progress(f"simulator {n}/{settings.rounds} rounds"))
+    rounds = settings.profile.rounds
+    ctx.progress(f"simulator 0/{rounds} rounds")
+    seconds = run_simulator(job, workspace, threads, stage / "simulator.log", settings.profile.cpu_threads,
+                            on_round=lambda n: ctx.progress(f"simulator {n}/{rounds} rounds"))
     record["seconds"]["train"] = round(seconds, 1)
     server = workspace / "server" / "simulate_job"
     history = json.loads((server / ROUNDS_FILE).read_text())
@@ -129,7 +129,7 @@ def _train_federated(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Op
     if history:
         plot_learning_curve(history, stage / "learning_curve.png",
                             title=f"{run.label}, {run.held_out.folder} held out")
-    return server / "app_server" / MODEL_FILES[settings.checkpoint][1]
+    return server / "app_server" / MODEL_FILES[settings.profile.checkpoint][1]
 
 
 def _train_centralized(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Optional[Path], record: dict) -> Path:
@@ -137,12 +137,12 @@ def _train_centralized(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: 
     settings = ctx.settings
     bundle = ctx.bundles_dir / run.method.bundle
     overrides = {**_bundle_overrides(run, settings, checkpoint), "datalist": [str(p) for p in run.training_datalists],
-                 "output_dir": str(stage / "train"), "max_epochs": settings.rounds * settings.local_epochs}
-    command = bundle_command(bundle, "", TRAIN_CONFIG, overrides)
+                 "output_dir": str(stage / "train"), "max_epochs": settings.profile.rounds * settings.profile.local_epochs}
+    command = bundle_command(bundle, "", TRAIN_CONFIGS, overrides)
     record["commands"].append({"step": "train", "command": shlex.join(command)})
     ctx.progress(f"training {overrides['max_epochs']} epochs")
-    record["seconds"]["train"] = round(run_logged(command, stage / "train.log", child_environment(settings.cpu_threads)), 1)
-    return stage / "train" / MODEL_FILES[settings.checkpoint][0]
+    record["seconds"]["train"] = round(run_logged(command, stage / "train.log", child_environment(settings.profile.cpu_threads)), 1)
+    return stage / "train" / MODEL_FILES[settings.profile.checkpoint][0]
 
 
 def _scores(summary: dict) -> Dict[str, object]:
@@ -154,14 +154,14 @@ def _evaluate(run: StudyRun, ctx: RunContext, stage: Path, model: Path, checkpoi
     """The bundle's evaluate workflow on the test split of every site (held-out first, pooled in one call:
     the summary reports each site); returns {"held_out": scores, "sources": {site: scores}}."""
     if not model.is_file():
-        raise FileNotFoundError(f"the trained model {model} was not written (checkpoint choice {ctx.settings.checkpoint!r})")
+        raise FileNotFoundError(f"the trained model {model} was not written (checkpoint choice {ctx.settings.profile.checkpoint!r})")
     bundle = ctx.bundles_dir / run.method.bundle
     overrides = {**_bundle_overrides(run, ctx.settings, checkpoint), "datalist": [str(s.datalist) for s in run.evaluated],
                  "ckpt_path": str(model), "output_dir": str(stage / "eval")}
     command = bundle_command(bundle, "evaluate", EVALUATE_CONFIGS, overrides)
     record["commands"].append({"step": "evaluate", "command": shlex.join(command)})
     ctx.progress(f"evaluating on {len(run.evaluated)} sites")
-    record["seconds"]["evaluate"] = round(run_logged(command, stage / "evaluate.log", child_environment(ctx.settings.cpu_threads)), 1)
+    record["seconds"]["evaluate"] = round(run_logged(command, stage / "evaluate.log", child_environment(ctx.settings.profile.cpu_threads)), 1)
     summary = json.loads((stage / "eval" / "evaluation_summary.json").read_text())
     per_site = summary.get("per_site", {})
     missing = [s.name for s in run.evaluated if s.name not in per_site]
@@ -176,26 +176,12 @@ def _relative(record: dict, stage: Path, target: Path) -> dict:
     return json.loads(json.dumps(record).replace(str(stage), str(target)))
 
 
-def _publish(stage: Path, target: Path) -> None:
-    """Replace ``target`` by ``stage``: the old folder is moved aside first, then deleted."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
-        target.rename(old)
-    stage.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def execute_run(run: StudyRun, ctx: RunContext) -> dict:
     """Train and evaluate ``run``; publish OUT/runs/<name>/ (see the module docstring) and return its
     record. Errors of the run are caught and recorded (status "failed", error, traceback), so the study
     goes on; KeyboardInterrupt removes the staging folder and propagates."""
     settings = ctx.settings
-    runs_dir = settings.out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    target = runs_dir / run.name
-    stage = Path(tempfile.mkdtemp(prefix=f".{run.name}.tmp-", dir=runs_dir))
+    target = settings.out / "runs" / run.name
     record: dict = {
         "name": run.name, "status": FAILED, "method": run.method.name, "label": run.label, "paper_row": run.paper_row,
         "federated": run.method.federated, "pretrained": run.pretrained, "held_out": run.held_out.folder,
@@ -203,23 +189,21 @@ def execute_run(run: StudyRun, ctx: RunContext) -> dict:
         "commands": [], "seconds": {}, "metrics": None, "history": None, "error": None,
     }
     start = time.perf_counter()
-    try:
-        checkpoint = sam_weights(run, settings)
-        record["sam_weights"] = str(checkpoint) if checkpoint else ("random init (bundle)" if run.method.uses_sam else None)
-        train = _train_federated if run.method.federated else _train_centralized
-        model = train(run, ctx, stage, checkpoint, record)
-        record["model"] = str(model)
-        record["metrics"] = _evaluate(run, ctx, stage, model, checkpoint, record)
-        record["status"] = FINISHED
-    except KeyboardInterrupt:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    except Exception as err:  # any failure of this run is recorded and the study continues
-        record["error"] = f"{type(err).__name__}: {err}"
-        record["traceback"] = traceback.format_exc()
-        log.error("run %s failed: %s", run.name, record["error"])
-    record["seconds"]["total"] = round(time.perf_counter() - start, 1)
-    record = _relative(record, stage, target)
-    write_json_atomic(stage / RECORD, record)
-    _publish(stage, target)
+    # Ctrl-C (KeyboardInterrupt) leaves the block by an exception: the staging folder is dropped.
+    with staged_directory(target) as stage:
+        try:
+            checkpoint = sam_weights(run, settings)
+            record["sam_weights"] = str(checkpoint) if checkpoint else ("random init (bundle)" if run.method.uses_sam else None)
+            train = _train_federated if run.method.federated else _train_centralized
+            model = train(run, ctx, stage, checkpoint, record)
+            record["model"] = str(model)
+            record["metrics"] = _evaluate(run, ctx, stage, model, checkpoint, record)
+            record["status"] = FINISHED
+        except Exception as err:  # any failure of this run is recorded and the study continues
+            record["error"] = f"{type(err).__name__}: {err}"
+            record["traceback"] = traceback.format_exc()
+            log.error("run %s failed: %s", run.name, record["error"])
+        record["seconds"]["total"] = round(time.perf_counter() - start, 1)
+        record = _relative(record, stage, target)
+        write_json_atomic(stage / RECORD, record)
     return record

@@ -17,11 +17,12 @@ from typing import List
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fedfms.federated.report import write_json_atomic
+from fedfms.core.io import write_json_atomic
+from fedfms.registry import get_method
+from fedfms.registry.methods import PAPER_ENCODER_SUFFIX
 from fedfms.reporting.study_plots import plot_learning_curves, plot_site_bars
 from fedfms.reporting.study_tables import result_rows, write_results
 
-from .methods import get_method
 from .plan import StudyRun, StudySettings, discover_sites, plan_study
 from .runs import FINISHED, RunContext, execute_run, is_reusable, read_record
 
@@ -50,8 +51,9 @@ def data_labels(synthetic: bool, settings: StudySettings) -> List[str]:
     uses_sam = any(get_method(m).uses_sam for m in settings.methods)
     if uses_sam and settings.sam_checkpoint is None:
         labels.append("RANDOM SAM WEIGHTS (no --sam-checkpoint given): every SAM-based run is the -PT ablation")
-    if uses_sam and settings.model_type not in ("vit_b", "vit_l"):
-        labels.append(f"encoder {settings.model_type}: the paper's numbers are ViT-B (ViT-L for -L rows)")
+    model_type = settings.profile.model_type
+    if uses_sam and model_type not in PAPER_ENCODER_SUFFIX:
+        labels.append(f"encoder {model_type}: the paper's numbers are ViT-B (ViT-L for -L rows)")
     return labels
 
 

@@ -22,8 +22,6 @@ from torch import nn
 from fedfms.networks import transmitted_keys
 
 _SHOWN = 5
-#: DXO meta key of the frozen-weights fingerprint the server attaches to the models it sends.
-FROZEN_SHA256 = "fedfms_frozen_sha256"
 
 
 class TransmissionError(ValueError):
@@ -73,7 +71,7 @@ def frozen_fingerprint(state: Mapping[str, torch.Tensor], names: Collection[str]
     """SHA-256 over the tensors of ``state`` that are NOT transmitted (name, dtype, shape, values).
 
     The frozen weights never travel, so each participant loads them from its own SAM checkpoint; the
-    server puts its fingerprint in the DXO meta of the models it sends (FROZEN_SHA256) and a site
+    server puts its fingerprint in the DXO meta of the models it sends (``fedfms.core.wire.FROZEN_SHA256``) and a site
     refuses a model built on different frozen weights (another checkpoint, or unequal random init)."""
     digest = hashlib.sha256()
     for name in sorted(set(state) - set(names)):

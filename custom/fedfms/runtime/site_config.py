@@ -25,6 +25,8 @@ from typing import Mapping, Optional, Tuple
 
 import torch
 
+from fedfms.core.io import write_json_atomic
+
 SITE_CONFIG_FILE = "fedfms_site.json"
 ENV_DATA_ROOT = "FEDFMS_DATA_ROOT"
 ENV_SAM_CHECKPOINT = "FEDFMS_SAM_CHECKPOINT"
@@ -115,7 +117,7 @@ def resolve_site_config(
 #: NVFlare 2.9 builds only allow-listed component classes unless the job carries its own code
 #: (app/custom/, "BYOC"). A site running jobs whose code is pre-installed (pip install fedfms) allows
 #: this package prefix in its local/resources.json.
-COMPONENT_PREFIX = "fedfms.federated."
+COMPONENT_PREFIX = "fedfms.runtime."
 
 
 def allow_fedfms_components(local_dir: str | Path) -> Path:
@@ -133,8 +135,4 @@ def allow_fedfms_components(local_dir: str | Path) -> Path:
     if COMPONENT_PREFIX not in allow:
         allow.append(COMPONENT_PREFIX)
     resources["class_allow_list"] = allow
-    local_dir.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(resources, indent=2) + "\n")
-    os.replace(temporary, target)
-    return target
+    return write_json_atomic(target, resources)

@@ -14,52 +14,52 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from fedfms.data import get_preparer
+from fedfms.core.io import copy_file_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
+from fedfms.core.wire import BUNDLE_IN_APP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
 from fedfms.data.demo import make_demo_data
 from fedfms.networks import write_random_sam_checkpoint
+from fedfms.registry import Profile, get_profile
 from fedfms.reporting.federation import dice_table, plot_learning_curve
+from fedfms.runtime.bundle_network import build_bundle_network
+from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
-from .bundle import EVALUATE_CONFIG, TRAIN_CONFIG, build_bundle_network
-from .jobs import BUNDLE_IN_APP, JobSettings, write_job
-from .report import ROUNDS_FILE, write_json_atomic, write_text_atomic
+from .jobs import JobSettings, write_job
 from .simulator import run_simulator, simulator_command
-from .site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 log = logging.getLogger(__name__)
 MODELS = {"before": "initial global model", "after": "final global model"}
 
 
+#: The study's CPU profile, with one round more so the learning curve shows a trend.
+DEMO_PROFILE = get_profile("demo").override(rounds=3)
+
+
 @dataclass(frozen=True)
 class DemoOptions:
-    """The demo's profile. Defaults: vit_tiny, 64 px, 3 rounds x 1 local epoch, lr 1e-3 (the jobs use the
-    paper's 1e-4; a few rounds need more), UCL held out, random SAM weights unless sam_checkpoint is set."""
+    """The demo's settings: the training ``profile`` (default DEMO_PROFILE: vit_tiny, 64 px, 3 rounds x 1
+    local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need more), the
+    held-out site, simulator threads, the seed of the data and random SAM weights, and an official SAM
+    checkpoint (None: random SAM weights)."""
 
     sam_checkpoint: Optional[Path] = None
-    model_type: str = "vit_tiny"
-    image_size: int = 64
-    rounds: int = 3
-    local_epochs: int = 1
+    profile: Profile = DEMO_PROFILE
     held_out: str = "UCL"
-    learning_rate: float = 1e-3
     threads: int = 5
     seed: int = 1337
 
 
-def save_initial_model(bundle: Path, settings: JobSettings, checkpoint: Path, path: Path) -> Path:
-    """The global model the server starts from (same builder and seed as TransmittedModelPersistor),
-    saved like NVFlare's PTFileModelPersistor files ({"model": state_dict})."""
-    network = build_bundle_network(bundle, {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": network.state_dict()}, tmp)
-    tmp.replace(path)
-    return path
+def save_initial_model(bundle: Path, checkpoint: Path, path: Path) -> Path:
+    """The global model the server starts from: the job's ``bundle`` built with the same builder and seed
+    as TransmittedModelPersistor, saved like NVFlare's PTFileModelPersistor files ({"model": state_dict})."""
+    network = build_bundle_network(bundle, {"sam_checkpoint": str(checkpoint), "device": "cpu"})
+    return save_torch_atomic({"model": network.state_dict()}, path)
 
 
 def evaluate(bundle: Path, datalist: Path, ckpt: Path, output_dir: Path, overrides: dict, log_file) -> dict:
@@ -89,20 +89,18 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
 
     log.info("1/4 synthetic data -> %s", out / "data")
     make_demo_data(out / "data", seed=options.seed)
+    profile = options.profile
     settings = JobSettings(
-        "fedmsa", "prostate", held_out=(options.held_out,), num_rounds=options.rounds, local_epochs=options.local_epochs,
-        model_type=options.model_type,
-        image_size=options.image_size, batch_size=4, name="fedmsa_prostate_demo",
-        min_clients=len(get_preparer("prostate").sites) - 1,  # wait for every training site each round
+        "fedmsa", "prostate", profile, held_out=(options.held_out,), name="fedmsa_prostate_demo",
         cross_site_eval=False,  # step 4 evaluates every site with the bundle's evaluate workflow instead
-        overrides={"learning_rate": options.learning_rate, "num_workers": 0},
     )
+    settings = replace(settings, min_clients=len(settings.train_sites))  # wait for every training site each round
 
     if options.sam_checkpoint:
         checkpoint, weights = Path(options.sam_checkpoint).resolve(), f"SAM checkpoint {options.sam_checkpoint}"
     else:
-        checkpoint = write_random_sam_checkpoint(out / f"sam_{options.model_type}_random_seed{options.seed}.pth",
-                                                 options.model_type, options.seed)
+        checkpoint = write_random_sam_checkpoint(out / f"sam_{profile.model_type}_random_seed{options.seed}.pth",
+                                                 profile.model_type, options.seed)
         weights = f"RANDOM SAM weights ({checkpoint.name}, no pretrained checkpoint given)"
 
     log.info("2/4 job -> %s", out / "jobs" / settings.job_name)
@@ -114,9 +112,9 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
                       {"data_root": str(out / "data"), "sam_checkpoint": str(checkpoint), "device": "cpu"})
 
     log.info("3/4 NVFlare simulator: %d rounds, training sites %s, held out %s",
-             options.rounds, ", ".join(settings.train_sites), options.held_out)
+             profile.rounds, ", ".join(settings.train_sites), options.held_out)
     log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, options.threads)), out / "simulator.log")
-    with tqdm(total=options.rounds, desc="federated rounds", unit="round") as bar:
+    with tqdm(total=profile.rounds, desc="federated rounds", unit="round") as bar:
         sim_seconds = run_simulator(job, workspace, options.threads, out / "simulator.log",
                                     on_round=lambda done: bar.update(done - bar.n))
     server = workspace / "server" / "simulate_job"
@@ -127,10 +125,10 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     models_dir = out / "models"
     models_dir.mkdir(exist_ok=True)
     checkpoints = {
-        "before": save_initial_model(bundle, settings, checkpoint, models_dir / "initial_global_model.pt"),
-        "after": Path(shutil.copy(server / "app_server" / "FL_global_model.pt", models_dir)),
+        "before": save_initial_model(bundle, checkpoint, models_dir / "initial_global_model.pt"),
+        "after": copy_file_atomic(server / "app_server" / "FL_global_model.pt", models_dir),
     }
-    shutil.copy(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
+    copy_file_atomic(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
     overrides = {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"}
     overrides.pop("batch_size")
     # The tiny model runs many small ops: one thread avoids OpenMP spin-waits on a shared machine.
@@ -151,11 +149,11 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     wall = time.perf_counter() - start
     notes = [
         "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release.",
-        f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {options.rounds} rounds).",
+        f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {profile.rounds} rounds).",
         f"Weights: {weights}." + ("" if options.sam_checkpoint else " With random SAM weights and a few rounds "
                                   "the model mostly learns where the gland lies: a pipeline check, not SAM's quality."),
-        f"Profile: FedMSA, {options.model_type}, {options.image_size} px, {options.rounds} rounds x {options.local_epochs} local epoch(s), lr "
-        f"{options.learning_rate}; {len(settings.train_sites)} sites train, {options.held_out} is held out. "
+        f"Profile: FedMSA, {profile.model_type}, {profile.image_size} px, {profile.rounds} rounds x {profile.local_epochs} local epoch(s), lr "
+        f"{profile.learning_rate}; {len(settings.train_sites)} sites train, {options.held_out} is held out. "
         "Dice: test split, per 2D slice (sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on "
         "the ~45% of slices without prostate); 3D Dice: per volume, averaged over volumes.",
         f"Wall time: {wall:.0f} s (simulator {sim_seconds:.0f} s).",
@@ -167,11 +165,11 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
                       + "\n".join(f"- {n}" for n in notes) + "\n")
     write_json_atomic(out / "summary.json", {
         "synthetic_data": True, "sam_weights": str(checkpoint), "random_sam_weights": not options.sam_checkpoint,
-        "method": "fedmsa", "model_type": options.model_type, "image_size": options.image_size, "rounds": options.rounds,
-        "learning_rate": options.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
+        "method": "fedmsa", "model_type": profile.model_type, "image_size": profile.image_size, "rounds": profile.rounds,
+        "learning_rate": profile.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
         "models": {k: str(v) for k, v in checkpoints.items()}, "sites": rows, "history": history,
         "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_seconds, 1), "notes": notes,
     })
     plot_learning_curve(history, out / "learning_curve.png",
-                        title=f"FedMSA demo ({options.model_type}, synthetic data, {options.held_out} held out)")
+                        title=f"FedMSA demo ({profile.model_type}, synthetic data, {options.held_out} held out)")
     return {"table": table, "notes": notes, "files": [out / "summary.md", out / "summary.json", out / "learning_curve.png"]}

@@ -5,43 +5,53 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from .bundle import build_bundle_network, uses_sam_checkpoint
-from .selection import FROZEN_SHA256, frozen_fingerprint, select_outgoing, transmitted_names
+from fedfms.core.wire import BUNDLE_IN_APP, FROZEN_SHA256
+
+from .bundle_network import build_bundle_network, uses_sam_checkpoint
+from .selection import frozen_fingerprint, select_outgoing, transmitted_names
 from .site_config import resolve_sam_checkpoint
 
 
 class TransmittedModelPersistor(PTFileModelPersistor):
-    """PTFileModelPersistor whose model is the job bundle's ``network_def``.
+    """PTFileModelPersistor whose model is the job bundle's ``network_def`` (configs/train.json with the
+    job's configs/job.json on top), built when the run starts.
 
     The saved files (FL_global_model.pt, best_FL_global_model.pt) hold the full state dict: the
     aggregated tensors merged into the server's initial model. Every model it hands out (the initial
     global model of round 0, and the final and best models for cross-site evaluation) is reduced to the
     transmitted tensors by ``selection.select_outgoing``, so a frozen FedMSA encoder never leaves the
-    server either; the models it sends carry the fingerprint of its frozen weights, which sites check. For SAM bundles the server builds the model from its own SAM checkpoint (site config
-    of the server workspace, see ``site_config``) so round 0 starts every site from the pretrained
-    decoder; without one, SAM weights are random.
+    server either; the models it sends carry the fingerprint of its frozen weights, which sites check.
+    For SAM bundles the server builds the model from its own SAM checkpoint (site config of the server
+    workspace, see ``site_config``) so round 0 starts every site from the pretrained decoder; without
+    one, SAM weights are random.
 
     Args:
         bundle_root: bundle folder relative to the app root (the job carries the bundle configs).
-        overrides: bundle config overrides of the job (model_type, image_size, num_classes, ...).
+        overrides: further bundle config overrides (on top of configs/job.json).
         kwargs: passed to PTFileModelPersistor (file names, load_device, ...).
     """
 
-    def __init__(self, bundle_root: str = "config/bundle", overrides: Optional[Mapping[str, object]] = None, **kwargs):
+    def __init__(self, bundle_root: str = BUNDLE_IN_APP, overrides: Optional[Mapping[str, object]] = None, **kwargs):
         super().__init__(model=None, **kwargs)
         self.bundle_root = bundle_root
-        self.overrides = dict(overrides or {})
+        self.overrides = overrides  # as given: NVFlare's Job API writes it back
         self.names: frozenset[str] = frozenset()
         self.fingerprint = ""
 
-    def _initialize(self, fl_ctx: FLContext) -> None:
+    def handle_event(self, event: str, fl_ctx: FLContext) -> None:
+        if event == EventType.START_RUN:  # PTFileModelPersistor sets itself up with self.model on START_RUN
+            self._build_model(fl_ctx)
+        super().handle_event(event, fl_ctx)
+
+    def _build_model(self, fl_ctx: FLContext) -> None:
         bundle_root = os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.bundle_root)
-        overrides = dict(self.overrides, device="cpu")
+        overrides = dict(self.overrides or {}, device="cpu")
         if uses_sam_checkpoint(bundle_root):
             checkpoint = resolve_sam_checkpoint(fl_ctx.get_engine().get_workspace().get_root_dir())
             overrides["sam_checkpoint"] = str(checkpoint) if checkpoint else None
@@ -54,7 +64,6 @@ class TransmittedModelPersistor(PTFileModelPersistor):
             f"global model {type(self.model).__name__}: {len(self.model.state_dict())} tensors held, "
             f"{len(self.names)} transmitted",
         )
-        super()._initialize(fl_ctx)
 
     def _transmitted(self, ml: Optional[ModelLearnable], what: str) -> Optional[ModelLearnable]:
         if ml is None:

@@ -2,7 +2,7 @@
 
 Every step is a separate process started with an exact command line, so the command can be recorded
 and re-run by hand, a crash cannot leave state behind in the caller, and Ctrl-C reaches the child too.
-Used by the demo (``fedfms.federated.demo``) and the study runner (``fedfms.study``).
+Used by the demo (``fedfms.orchestration.demo``) and the study runner (``fedfms.study``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .report import ROUNDS_FILE
+from fedfms.core.wire import ROUNDS_FILE
 
 
 class StepError(RuntimeError):

@@ -25,7 +25,8 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from .executor import BYTES_SENT
+from fedfms.core.wire import BYTES_SENT
+
 from .selection import serialized_size
 
 

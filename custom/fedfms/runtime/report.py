@@ -10,9 +10,6 @@ the final and best global models on every site's test split).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -26,24 +23,10 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.streaming import AnalyticsSender
 from nvflare.widgets.widget import Widget
 
+from fedfms.core.io import write_json_atomic, write_text_atomic
+from fedfms.core.wire import BYTES_SENT, RESULTS_FILE, ROUNDS_FILE, TEST_DICE, TRAIN_LOSS, VAL_DICE
+
 from .aggregation import REJECTED_UPDATES
-from .executor import BYTES_SENT, TEST_DICE, TRAIN_LOSS, VAL_DICE
-
-ROUNDS_FILE = "fedfms_rounds.json"
-RESULTS_FILE = "fedfms_results"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def results_markdown(results: Dict[str, Dict[str, float]], sites: Sequence[str], held_out: Sequence[str] = ()) -> str:

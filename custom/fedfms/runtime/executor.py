@@ -24,6 +24,7 @@ from monai.fl.client import MonaiAlgo
 from monai.fl.utils.constants import ExtraItems
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.handlers import from_engine
+from monai.networks.utils import copy_model_state
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
@@ -33,18 +34,14 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from .bundle import EVALUATE_CONFIG, TRAIN_CONFIG, uses_sam_checkpoint
+from fedfms.core.wire import BUNDLE_IN_APP, BYTES_SENT, EVALUATE_CONFIG, FROZEN_SHA256, TEST_DICE, TRAIN_LOSS, VAL_DICE
+
+from .bundle_network import config_files, uses_sam_checkpoint
 from .selection import (
-    FROZEN_SHA256, TransmissionError, check_incoming, frozen_fingerprint, select_outgoing, serialized_size,
-    transmitted_names,
+    TransmissionError, check_incoming, frozen_fingerprint, select_outgoing, serialized_size, transmitted_names,
 )
 from .site_config import resolve_site_config
 
-#: Keys of the per-round result's meta and metrics (read by the server's JobReport).
-VAL_DICE = "val_dice"
-TEST_DICE = "test_dice"
-TRAIN_LOSS = "train_loss"
-BYTES_SENT = "bytes_sent"
 _LOSS_METRIC = "fedfms_epoch_loss"
 
 
@@ -63,11 +60,15 @@ def _scalars(metrics: Mapping[str, object]) -> Dict[str, float]:
 class BundleExecutor(Executor):
     """Runs a MONAI bundle shipped in the job (``app/config/bundle``) on this site's data.
 
+    The bundle's configs/train.json with the job's settings (configs/job.json, written by the job
+    generator: encoder, image size, batch size, ...) on top; this site's datalist, device, SAM checkpoint
+    and output folder come from its own configuration (``site_config``).
+
     Args:
         dataset: dataset name ("prostate", ...), the folder under the site's data root.
         bundle_root: bundle folder relative to the app root.
         local_epochs: epochs of local training per round (paper: 1).
-        overrides: bundle config overrides of the job (image_size, model_type, batch_size, ...).
+        overrides: further bundle config overrides (on top of configs/job.json).
         site_folders: client name -> data folder name where they differ (NVFlare client names cannot
             contain dots: client "ISBI1_5" reads folder "ISBI1.5").
         evaluate_workflow: MONAI workflow type of the evaluate configuration ("train" when
@@ -78,7 +79,7 @@ class BundleExecutor(Executor):
     def __init__(
         self,
         dataset: str,
-        bundle_root: str = "config/bundle",
+        bundle_root: str = BUNDLE_IN_APP,
         local_epochs: int = 1,
         overrides: Optional[Mapping[str, object]] = None,
         site_folders: Optional[Mapping[str, str]] = None,
@@ -91,8 +92,7 @@ class BundleExecutor(Executor):
         if local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
         self.dataset, self.bundle_root, self.local_epochs = dataset, bundle_root, local_epochs
-        self.overrides = dict(overrides or {})
-        self.site_folders = dict(site_folders or {})
+        self.overrides, self.site_folders = overrides, site_folders  # as given: NVFlare's Job API writes them back
         self.evaluate_workflow = evaluate_workflow
         self.analytic_sender_id = analytic_sender_id
         self.train_task_name, self.validate_task_name = train_task_name, validate_task_name
@@ -124,11 +124,11 @@ class BundleExecutor(Executor):
         """Bundle overrides for this site: the job's plus its datalist, device, checkpoint, outputs."""
         if not self.bundle_overrides:
             workspace = fl_ctx.get_engine().get_workspace()
-            folder = self.site_folders.get(self.site, self.site)
+            folder = (self.site_folders or {}).get(self.site, self.site)
             config = resolve_site_config(workspace.get_root_dir(), self.dataset, folder)
             self.log_info(fl_ctx, f"site {self.site}: datalist {config.datalist}, SAM weights "
                           f"{config.sam_checkpoint or 'random'}, device {config.device} (from {config.source})")
-            overrides = dict(self.overrides, datalist=str(config.datalist), device=config.device)
+            overrides = dict(self.overrides or {}, datalist=str(config.datalist), device=config.device)
             if uses_sam_checkpoint(self._bundle_path(fl_ctx)):
                 overrides["sam_checkpoint"] = str(config.sam_checkpoint) if config.sam_checkpoint else None
             overrides["output_dir"] = os.path.join(workspace.get_run_dir(fl_ctx.get_job_id()), "bundle")
@@ -147,14 +147,11 @@ class BundleExecutor(Executor):
                 bundle_root=self.bundle_root,
                 local_epochs=self.local_epochs,
                 send_weight_diff=False,  # WEIGHTS: the server averages models, not differences
-                config_train_filename=TRAIN_CONFIG,
+                config_train_filename=config_files(self._bundle_path(fl_ctx)),
                 train_kwargs=self._site_overrides(fl_ctx),
                 config_evaluate_filename=None,
             )
             algo.initialize(self._extra(fl_ctx))
-            # Validate with the training workflow's own evaluator (validation split, same network
-            # object): a second parse of the bundle would build and load a second SAM.
-            algo.evaluator = algo.train_workflow.evaluator
             Average(output_transform=from_engine(["loss"], first=True)).attach(algo.trainer, _LOSS_METRIC)
             self.names = transmitted_names(algo.trainer.network)
             self.num_train_samples = len(algo.trainer.data_loader.dataset)
@@ -167,10 +164,12 @@ class BundleExecutor(Executor):
         if self.evaluate_algo is None:
             overrides = dict(self._site_overrides(fl_ctx))
             overrides["output_dir"] = os.path.join(str(overrides["output_dir"]), "cross_site")
+            overrides["ckpt_path"] = ""  # the model to score comes from the server, not from a file
+            files = config_files(self._bundle_path(fl_ctx))
             algo = MonaiAlgo(
                 bundle_root=self.bundle_root,
                 config_train_filename=None,
-                config_evaluate_filename=[TRAIN_CONFIG, EVALUATE_CONFIG],
+                config_evaluate_filename=[files[0], EVALUATE_CONFIG, *files[1:]],
                 eval_kwargs=overrides,
                 eval_workflow_name=self.evaluate_workflow,
             )
@@ -208,13 +207,25 @@ class BundleExecutor(Executor):
                     "site must load the same SAM checkpoint file")
         return ExchangeObject(weights=check_incoming(dxo.data, self.names, what))
 
+    @staticmethod
+    def _validate_received(algo: MonaiAlgo, model: ExchangeObject) -> Dict[str, float]:
+        """Scalar metrics of the received global model on the site's validation split, its key metric
+        (the bundle's, e.g. Dice) also under VAL_DICE. It runs the training workflow's own evaluator
+        (same network object: a second parse of the bundle would build and load a second SAM), numbered
+        like the trainer's epochs, as MonaiAlgo.evaluate does."""
+        evaluator = algo.train_workflow.evaluator
+        copy_model_state(src=dict(model.weights), dst=evaluator.network)
+        evaluator.run(algo.trainer.state.epoch + 1)
+        metrics = _scalars(evaluator.state.metrics)
+        return {**metrics, VAL_DICE: metrics[evaluator.state.key_metric_name]}
+
     def _train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         algo = self._trainer_algo(fl_ctx)
         current_round = shareable.get_header(AppConstants.CURRENT_ROUND, 0)
         global_model = self._received(shareable, f"server (round {current_round})", algo.trainer.network)
 
-        metrics = _scalars(algo.evaluate(global_model).metrics)
-        val_dice = metrics[algo.evaluator.state.key_metric_name]
+        metrics = self._validate_received(algo, global_model)
+        val_dice = metrics[VAL_DICE]
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         algo.train(global_model)
@@ -226,7 +237,7 @@ class BundleExecutor(Executor):
         result = DXO(
             DataKind.WEIGHTS,
             sent,
-            {MetaKey.NUM_STEPS_CURRENT_ROUND: self.num_train_samples, MetaKey.INITIAL_METRICS: {VAL_DICE: val_dice, **metrics}},
+            {MetaKey.NUM_STEPS_CURRENT_ROUND: self.num_train_samples, MetaKey.INITIAL_METRICS: metrics},
         )
         size = serialized_size(result)
         result.set_meta_prop(TRAIN_LOSS, loss)

@@ -5,8 +5,9 @@
 ``partition_N``, the paper's "Adrenal" is PanNuke's ``Adrenal_gland``) or "average" (the paper's own
 average over its unseen sites), ``channel`` a label channel of our datalists ("prostate", "ET",
 "OD"/"OC", "nuclei"). Each site column is the model trained on the other sites and tested on that site
-(leave-one-site-out), ViT-B unless the row ends in "-L". Transcribed from the paper's text
-(shared/seeds/fedfms_paper.txt); the brain tumor target is enhancing tumor (ET) as the paper states.
+(leave-one-site-out), ViT-B unless the row ends in "-L". Transcribed from Table 1 of "FedFMS: Exploring
+Federated Foundation Models for Medical Image Segmentation"; the brain tumor target is enhancing tumor
+(ET) as the paper states.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ class TrainingSitesScatterAndGather(ScatterAndGather):
 
     Args:
         train_sites: client names that train; None or empty = every client (plain ScatterAndGather).
-        kwargs: ScatterAndGather's arguments.
+        args, kwargs: ScatterAndGather's arguments (both declared so that NVFlare's Job API writes them
+            into the job config).
     """
 
-    def __init__(self, train_sites: Optional[Sequence[str]] = None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, train_sites: Optional[Sequence[str]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
         self.train_sites: List[str] = list(train_sites or [])
 
     def broadcast_and_wait(self, task, fl_ctx: FLContext, targets=None, min_responses: int = 1,
@@ -30,7 +31,8 @@ class TrainingSitesScatterAndGather(ScatterAndGather):
         if self.train_sites and task.name == self.train_task_name:
             targets = self.train_sites
             # ScatterAndGather counts every connected client when deciding whether a failed site can
-            # be tolerated; only the training sites can answer.
+            # be tolerated; only the training sites can answer. No public API sets this count (NVFlare
+            # 2.9): tests/federated/test_library_internals.py fails if the attribute goes away.
             self._current_num_targets = len(self.train_sites)
         return super().broadcast_and_wait(
             task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal

@@ -34,8 +34,10 @@ from nvflare.app_common.app_constant import AppConstants
 Weights = Mapping[str, np.ndarray]
 #: aggregation name -> what sets each site's weight (besides n_k, which NVFlare multiplies in)
 AGGREGATIONS = ("fedavg", "fedsca")
+#: Defaults of the outlier test's factor k and of the FedSCA softmax temperature (jobs use these too).
+OUTLIER_FACTOR, FEDSCA_TEMPERATURE = 5.0, 0.1
 #: FL context property {site: reason} of the round's rejected results, set by aggregate() for the
-#: ROUND_DONE handlers (fedfms.federated.report.JobReport).
+#: ROUND_DONE handlers (fedfms.runtime.report.JobReport).
 REJECTED_UPDATES = "fedfms_rejected_updates"
 
 
@@ -101,13 +103,14 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         min_sites_for_outliers: the outlier test needs at least this many valid results in the round.
         aggregation: "fedavg" (weights n_k) or "fedsca" (weights n_k x softmax(similarity / temperature)).
         temperature: FedSCA softmax temperature (cosine similarities lie in [-1, 1]).
-        kwargs: InTimeAccumulateWeightedAggregator's (expected_data_kind must be WEIGHTS).
+        args, kwargs: InTimeAccumulateWeightedAggregator's (expected_data_kind must be WEIGHTS); both
+            declared so that NVFlare's Job API writes them into the job config.
 
     The global model is read from the FL context (AppConstants.GLOBAL_MODEL, set by ScatterAndGather).
     """
 
-    def __init__(self, outlier_factor: float = 5.0, min_sites_for_outliers: int = 3, aggregation: str = "fedavg",
-                 temperature: float = 0.1, **kwargs):
+    def __init__(self, *args, outlier_factor: float = OUTLIER_FACTOR, min_sites_for_outliers: int = 3,
+                 aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE, **kwargs):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
         if temperature <= 0:
@@ -115,7 +118,7 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         kwargs.setdefault("expected_data_kind", DataKind.WEIGHTS)
         if kwargs["expected_data_kind"] != DataKind.WEIGHTS:
             raise ValueError("GuardedAggregator aggregates WEIGHTS (full transmitted models) only")
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
         self.outlier_factor = float(outlier_factor)
         self.min_sites_for_outliers = int(min_sites_for_outliers)
         self.aggregation = aggregation

@@ -1,0 +1,35 @@
+"""Names the participants of a job agree on: the meta and metric keys of the messages a site and the
+server exchange, and the file layout of a job and of the server's run folder.
+
+Writers and readers of a message import its keys from here, so the server's report and the transfer
+filters do not depend on the site's executor (nor on MONAI or NVFlare) to read them.
+"""
+
+# -- what a site's training result carries (DXO meta / metrics), besides NVFlare's own MetaKey entries
+#: validation Dice of the received global model on the site's validation split (the best-model key)
+VAL_DICE = "val_dice"
+#: cross-site evaluation: Dice of a received model on the site's test split
+TEST_DICE = "test_dice"
+#: the site's mean training loss this round
+TRAIN_LOSS = "train_loss"
+#: serialized bytes of the site's result as it leaves the site
+BYTES_SENT = "bytes_sent"
+#: SHA-256 of the frozen (never sent) weights a model was built on; the server attaches it, sites check it
+FROZEN_SHA256 = "fedfms_frozen_sha256"
+
+# -- job layout (NVFlare job folder; paths relative to the app folder, then to the bundle)
+#: the MONAI bundle inside a job's app folder
+BUNDLE_IN_APP = "config/bundle"
+#: the bundle's training configuration (network, data, trainer, validation)
+TRAIN_CONFIG = "configs/train.json"
+#: applied on top of TRAIN_CONFIG to evaluate a model on the test split
+EVALUATE_CONFIG = "configs/evaluate.json"
+#: the job's settings of the bundle (encoder, image size, batch size, ...), written once per job and
+#: applied on top of the bundle's configurations by every participant
+JOB_CONFIG = "configs/job.json"
+
+# -- the server's run folder
+#: per-round history written by the server's job report
+ROUNDS_FILE = "fedfms_rounds.json"
+#: stem of the cross-site results table (.json, .md) in the server's cross_site_val folder
+RESULTS_FILE = "fedfms_results"

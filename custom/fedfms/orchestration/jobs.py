@@ -1,0 +1,243 @@
+"""NVFlare job folders for every federated method, written with NVFlare's Job API.
+
+``JobSettings`` holds every parameter of a job; its defaults reproduce the paper (the ``paper`` training
+profile, every site of the dataset training). ``build_job`` turns it into one Python definition, an
+NVFlare ``FedJob`` made of the real component objects (so their constructors check the arguments when
+the job is written), and ``write_job`` exports it to a folder that runs unchanged in the simulator, POC
+and production::
+
+    JOB/meta.json                           deploy_map: the server and every site of the dataset
+    JOB/app/config/config_fed_server.json   ScatterAndGather over the training sites, weighted FedAvg
+                                            (bad updates rejected), best-model selection, cross-site
+                                            evaluation, TensorBoard, the round report
+    JOB/app/config/config_fed_client.json   BundleExecutor + TensorBoard streaming
+    JOB/app/config/bundle/configs/          the MONAI bundle (bundles/<bundle>/configs) and job.json,
+                                            the job's settings of the bundle, written once
+    JOB/app/custom/fedfms/                  only with embed_code: the fedfms package travels in the job
+
+Why the bundle is copied into every job: NVFlare deploys the job folder, and nothing else, to each
+site; the bundle is what a site runs and what its reviewers read. Nothing site-specific (data paths,
+SAM checkpoint, device) is written: sites read them from their own configuration
+(``fedfms.runtime.site_config``). ``tools/make_jobs.py`` writes jobs/ with these defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from nvflare.apis.dxo import DataKind
+from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
+from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+
+from fedfms.core.io import staged_directory, write_json_atomic
+from fedfms.core.wire import BUNDLE_IN_APP, JOB_CONFIG, VAL_DICE
+from fedfms.registry import PAPER, Profile, bundle_overrides, dataset_names, get_dataset, get_method, method_names
+from fedfms.runtime.aggregation import AGGREGATIONS, FEDSCA_TEMPERATURE, OUTLIER_FACTOR, GuardedAggregator
+from fedfms.runtime.controller import TrainingSitesScatterAndGather
+from fedfms.runtime.executor import BundleExecutor
+from fedfms.runtime.persistor import TransmittedModelPersistor
+from fedfms.runtime.precision import ToFullPrecision, ToHalfPrecision
+from fedfms.runtime.report import JobReport
+
+_CLIENT_NAME = re.compile(r"[^A-Za-z0-9_-]")
+TASKS = ["train", "validate"]
+
+
+def client_name(site: str) -> str:
+    """NVFlare client name of a site folder (client names allow only letters, digits, '-' and '_')."""
+    return _CLIENT_NAME.sub("_", site)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """All parameters of one job. Defaults reproduce the paper.
+
+    method: a federated method of ``fedfms.registry`` ("fedsam", "fedmsa", "fedunet"); dataset: a
+    registered dataset ("prostate", ...).
+    profile: how models train (encoder, image size, rounds, local epochs, batch size, learning rate,
+        loader workers; ``fedfms.registry.Profile``), default the paper's.
+    sites: site folders taking part (default: every site of the dataset).
+    held_out: sites that only evaluate (leave-one-site-out's unseen site); the others train.
+    min_clients: training results a round needs; None = all training sites but one, so one failing
+        site does not stop the job. wait_time_after_min_received: seconds the server then still waits
+        for the last site. train_timeout: seconds a site may train per round (0 = no limit).
+    cross_site_eval: after training, score the final and best global models on every site's test split.
+    overrides: further bundle overrides (e.g. {"activation_checkpointing": True}).
+    name: job name; default METHOD_DATASET.
+    reject_bad_updates: the server rejects a site's result for the round when it holds non-finite
+        values or other tensor names/shapes than the global model, or when its update's L2 distance
+        from the global model exceeds outlier_factor x the round's median (>= 3 sites); see
+        ``fedfms.runtime.aggregation.GuardedAggregator``. False = NVFlare's plain aggregator.
+    outlier_factor: the k of that outlier test (0 = structural checks only).
+    aggregation: "fedavg" (weights n_k, the paper's) or "fedsca" (n_k x softmax of each site's mean
+        cosine similarity to the other sites' updates / fedsca_temperature; our interpretation of
+        FedSCA). "fedsca" always uses the GuardedAggregator.
+    half_precision: models travel as float16 both ways (filters in ``fedfms.runtime.precision``):
+        half the bytes, rounding error 2**-11 relative per value. Off by default (the paper's float32).
+    """
+
+    method: str
+    dataset: str
+    profile: Profile = PAPER
+    sites: Optional[Tuple[str, ...]] = None
+    held_out: Tuple[str, ...] = ()
+    min_clients: Optional[int] = None
+    wait_time_after_min_received: int = 3600
+    train_timeout: int = 0
+    cross_site_eval: bool = True
+    overrides: Mapping[str, object] = field(default_factory=dict)
+    name: Optional[str] = None
+    reject_bad_updates: bool = True
+    outlier_factor: float = OUTLIER_FACTOR
+    aggregation: str = AGGREGATIONS[0]
+    fedsca_temperature: float = FEDSCA_TEMPERATURE
+    half_precision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in method_names(federated=True):
+            raise ValueError(f"unknown method {self.method!r}; expected one of {method_names(federated=True)}")
+        get_dataset(self.dataset)  # ValueError naming the registered datasets
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+        if self.outlier_factor < 0 or self.fedsca_temperature <= 0:
+            raise ValueError("outlier_factor must be >= 0 and fedsca_temperature > 0")
+        unknown = set(self.held_out) - set(self.all_sites)
+        if unknown:
+            raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
+        if not self.train_sites:
+            raise ValueError("at least one site must train")
+
+    @property
+    def job_name(self) -> str:
+        return self.name or f"{self.method}_{self.dataset}"
+
+    @property
+    def all_sites(self) -> Tuple[str, ...]:
+        return tuple(self.sites) if self.sites else get_dataset(self.dataset).sites
+
+    @property
+    def train_sites(self) -> List[str]:
+        return [s for s in self.all_sites if s not in self.held_out]
+
+    @property
+    def min_training_results(self) -> int:
+        """Results a round needs (min_clients, default all training sites but one)."""
+        return self.min_clients or max(1, len(self.train_sites) - 1)
+
+    def bundle_overrides(self) -> Dict[str, object]:
+        """The bundle config overrides of the job (configs/job.json; the same on the server and every site)."""
+        overrides = bundle_overrides(get_method(self.method), get_dataset(self.dataset), self.profile)
+        overrides.update(self.overrides)
+        return overrides
+
+
+def _aggregator(s: JobSettings):
+    if not s.reject_bad_updates and s.aggregation == "fedavg":
+        return InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=True)
+    return GuardedAggregator(outlier_factor=s.outlier_factor if s.reject_bad_updates else 0.0, aggregation=s.aggregation,
+                             temperature=s.fedsca_temperature)
+
+
+def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_code: bool = False) -> FedJob:
+    """The job of ``settings`` as an NVFlare ``FedJob``: one app for the server and every site.
+
+    bundle_configs: the bundle's configs folder (copied into the job); staging: a scratch folder for
+    files the job carries (configs/job.json, the embedded package), alive until the job is exported.
+    """
+    s = settings
+    train = [client_name(x) for x in s.train_sites]
+    clients = [client_name(x) for x in s.all_sites]
+    # The deploy map names every site (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
+    job = FedJob(name=s.job_name, min_clients=s.min_training_results,
+                 meta_props={"deploy_map": {"app": ["server", *clients]}})
+    job.set_app_packages(["fedfms"])  # installed at every participant (or embedded below), never copied per class
+
+    job.to_server(TransmittedModelPersistor(), id="persistor")
+    job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+    job.to_server(_aggregator(s), id="aggregator")
+    # Best global model = highest validation Dice of the received model, weighted by samples.
+    job.to_server(IntimeModelSelector(weigh_by_local_iter=True, key_metric=VAL_DICE), id="model_selector")
+    job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
+    job.to_server(ValidationJsonGenerator(), id="json_generator")
+    job.to_server(TBAnalyticsReceiver(), id="tb_analytics_receiver")
+    job.to_server(JobReport(train_sites=train, held_out_sites=[client_name(x) for x in s.held_out]), id="report")
+    job.to_server(TrainingSitesScatterAndGather(
+        train_sites=train, min_clients=s.min_training_results, num_rounds=s.profile.rounds,
+        wait_time_after_min_received=s.wait_time_after_min_received, train_timeout=s.train_timeout,
+        persistor_id="persistor", aggregator_id="aggregator", shareable_generator_id="shareable_generator"),
+        id="scatter_and_gather")
+    if s.cross_site_eval:
+        job.to_server(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name=""),
+                      id="cross_site_model_eval")
+
+    folders = {client_name(x): x for x in s.all_sites if client_name(x) != x}
+    job.to_clients(BundleExecutor(s.dataset, local_epochs=s.profile.local_epochs, site_folders=folders or None),
+                   tasks=TASKS)
+    job.to_clients(TBWriter(), id="analytic_sender")
+    job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed")
+    if s.half_precision:
+        # The global model leaves the server as float16; site results are back to float32 before the
+        # aggregator sees them; likewise at the sites.
+        job.to_server(ToHalfPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
+        job.to_server(ToFullPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+        job.to_clients(ToFullPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
+        job.to_clients(ToHalfPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+
+    bundle_dir = str(Path(BUNDLE_IN_APP).relative_to("config"))
+    job.add_file_to_clients(str(bundle_configs), dest_dir=f"{bundle_dir}/configs", app_folder_type="config")
+    job_config = write_json_atomic(staging / Path(JOB_CONFIG).name, s.bundle_overrides())
+    job.add_file_to_clients(str(job_config), dest_dir=f"{bundle_dir}/configs", app_folder_type="config")
+    if embed_code:
+        package = Path(__file__).resolve().parents[1]
+        copy = shutil.copytree(package, staging / "fedfms", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        job.add_file_to_clients(str(copy), dest_dir="fedfms", app_folder_type="custom")
+    return job
+
+
+def write_job(settings: JobSettings, out_dir: Path, bundles_dir: Path, embed_code: bool = False) -> Path:
+    """Write the job folder ``out_dir/<job name>`` (replacing it atomically) and return its path.
+
+    bundles_dir: the repository's bundles/ folder (the job carries bundles/<bundle>/configs).
+    embed_code: also copy the fedfms package into app/custom/, for sites without fedfms installed.
+    """
+    bundle_configs = Path(bundles_dir) / get_method(settings.method).bundle / "configs"
+    if not (bundle_configs / "train.json").is_file():
+        raise FileNotFoundError(f"bundle configs {bundle_configs}/train.json not found")
+    target = Path(out_dir) / settings.job_name
+    with tempfile.TemporaryDirectory() as scratch, staged_directory(target) as staging:
+        build_job(settings, bundle_configs, Path(scratch), embed_code).export_job(str(staging))
+        exported = staging / settings.job_name
+        for item in exported.iterdir():  # FedJob exports into job_root/<name>
+            item.rename(staging / item.name)
+        exported.rmdir()
+    return target
+
+
+def job_configs(settings: JobSettings, bundles_dir: Path) -> Dict[str, dict]:
+    """The JSON files of the job ``write_job`` writes: {"meta", "server", "client", "bundle" (configs/job.json)}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = write_job(settings, Path(tmp), bundles_dir)
+        config = job / "app" / "config"
+        files = {"meta": job / "meta.json", "server": config / "config_fed_server.json",
+                 "client": config / "config_fed_client.json", "bundle": job / "app" / BUNDLE_IN_APP / JOB_CONFIG}
+        return {key: json.loads(path.read_text()) for key, path in files.items()}
+
+
+def paper_jobs() -> List[JobSettings]:
+    """The committed job suite: every federated method on every dataset with the paper's settings."""
+    return [JobSettings(method, dataset) for dataset in dataset_names() for method in method_names(federated=True)]
