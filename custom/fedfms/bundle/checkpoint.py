@@ -21,6 +21,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
 from fedfms.networks import CheckpointError, load_partial_state, transmitted_keys
+from fedfms.networks.checkpoint import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,7 @@ logger = logging.getLogger(__name__)
 def read_trained_state(path: str | os.PathLike, key: str = "model") -> dict[str, torch.Tensor]:
     """Tensors of a trained checkpoint: a flat state dict (a bundle's model.pt), or the `key` entry of
     a nested one (e.g. NVFlare's PTFileModelPersistor writes {"model": ..., "train_conf": ...})."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} (ckpt_path) does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {err}") from err
+    state = load_torch_file(path, "ckpt_path")
     if isinstance(state, dict) and isinstance(state.get(key), dict):
         state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -21,20 +21,32 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
-def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """Read a state dict (str -> Tensor) from ``path`` on the CPU, without executing pickled code."""
+def load_torch_file(path: PathLike, option: str = "") -> object:
+    """``torch.load`` of a local file on the CPU, without executing pickled code (weights_only).
+
+    CheckpointError naming the file (and the ``option`` it came from, e.g. "ckpt_path") when it does not
+    exist, is a folder, is empty, or is not a readable PyTorch file, always with the reason.
+    """
     path = Path(path)
+    name = f"checkpoint {path}" + (f" ({option})" if option else "")
+    if path.is_dir():
+        raise CheckpointError(f"{name} is a folder, expected a PyTorch checkpoint file")
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; fedfms never downloads weights, pass the path of a "
-            "local copy (e.g. sam_vit_b_01ec64.pth)"
+            f"{name} does not exist; fedfms never downloads weights, pass the path of a local copy"
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes): an interrupted download or copy?")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch file (truncated or corrupted?): {err}"
-        ) from err
+        reason = str(err) or type(err).__name__  # e.g. EOFError has no message
+        raise CheckpointError(f"{name} is not a readable PyTorch file (truncated or corrupted?): {reason}") from err
+
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Read a state dict (str -> Tensor) from ``path`` on the CPU, without executing pickled code."""
+    state = load_torch_file(path)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
