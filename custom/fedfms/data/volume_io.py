@@ -170,7 +170,7 @@ def _declared(path: Path) -> tuple[tuple[int, ...], int]:
 
     io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
     if io is None:
-        raise DataError(path, "no ITK reader recognises this file")
+        raise DataError(path, "unreadable or corrupted file (no ITK image reader recognises it)")
     io.SetFileName(str(path))
     io.ReadImageInformation()
     shape = tuple(int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions()))
@@ -192,15 +192,15 @@ def check_declared_size(path: str | Path) -> None:
     except Exception as exc:  # nibabel / ITK / pydicom raise many types for a corrupted header
         raise read_error(path, exc) from exc
     voxels = int(np.prod(shape, dtype=np.float64))
-    if voxels > MAX_VOXELS:
-        raise DataError(path, f"header declares shape {shape} = {voxels:,} voxels, above the limit of "
-                              f"{MAX_VOXELS:,} (FEDFMS_MAX_VOXELS); corrupted header, or set the variable higher")
     if stored is not None:
         on_disk, ratio = stored
         if voxels * itemsize > on_disk * ratio:
             how = f"even at deflate's maximum ratio of {ratio}:1" if ratio > 1 else "uncompressed"
             raise DataError(path, f"header declares shape {shape} x {itemsize} bytes = {voxels * itemsize:,} bytes, "
                                   f"more than the {on_disk:,} bytes on disk can hold ({how}): truncated file or corrupted header")
+    if voxels > MAX_VOXELS:
+        raise DataError(path, f"header declares shape {shape} = {voxels:,} voxels, above the limit of "
+                              f"{MAX_VOXELS:,} (FEDFMS_MAX_VOXELS); corrupted header, or set the variable higher")
 
 
 def is_volume(path: str | Path) -> bool:
