@@ -203,14 +203,6 @@ def check_declared_size(path: str | Path) -> None:
                               f"{MAX_VOXELS:,} (FEDFMS_MAX_VOXELS); corrupted header, or set the variable higher")
 
 
-def is_volume(path: str | Path) -> bool:
-    """A file with a volume suffix, or a folder directly holding DICOM files."""
-    path = Path(path)
-    if path.is_dir():
-        return bool(dicom_files(path))
-    return path.is_file() and volume_suffix(path) is not None
-
-
 def read_volume(path: str | Path) -> Volume:
     """Read a volume file or DICOM series folder (see the module docstring); size checked first.
 
