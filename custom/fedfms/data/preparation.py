@@ -21,8 +21,9 @@ How to add a dataset
 2. Loading: return ``RawCase(image, label, affine=..., slice_axis=...)``:
    3D volume: image (X, Y, Z) any real dtype, label same shape, ``slice_axis`` = depth axis (e.g. 2);
    2D image: image (H, W, 3) or (H, W) uint8, label (H, W), ``slice_axis=None``.
-   Use :func:`load_nifti` / :func:`read_error` so unreadable files raise :class:`DataError` naming
-   the file. Do not validate shapes, NaNs or label values yourself: the writer does it for every case.
+   Use :func:`load_volume_pair` (NIfTI, MetaImage, NRRD or DICOM series, geometry checked; see
+   :mod:`fedfms.data.volume_io`) / :func:`read_error` so unreadable files raise :class:`DataError`
+   naming the file. Do not validate shapes, NaNs or label values yourself: the writer does it for every case.
 3. A problem found while listing files (an image without label, ...) is reported by yielding
    ``broken_case(case_id, source, problem)``, so ``--skip-bad`` treats it like any other bad case.
    A case that an option deliberately leaves out raises :class:`CaseExcluded` from its loader: it is
@@ -272,17 +273,23 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_volume_pair(image_path: str | Path, label_path: str | Path, slice_axis: int = 2) -> RawCase:
-    """Read an image/label NIfTI pair -> RawCase to be sliced along ``slice_axis`` (default: depth, 2).
+    """Read an image/label volume pair -> RawCase to be sliced along ``slice_axis`` (default: depth, 2).
 
-    Trailing singleton axes (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
+    Any format of :mod:`fedfms.data.volume_io` (NIfTI, MetaImage, NRRD, DICOM series folder), each
+    header's declared size checked before reading. DataError naming both files when the label's
+    geometry (spacing, direction, origin) differs from the image's. Trailing singleton axes
+    (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
     """
-    image, affine = load_nifti(image_path)
-    label, _ = load_nifti(label_path)
-    while image.ndim > 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    while label.ndim > 3 and label.shape[-1] == 1:
-        label = label[..., 0]
-    return RawCase(image, label, affine=affine, slice_axis=slice_axis)
+    from fedfms.data.volume_io import check_same_geometry, read_volume
+
+    image, label = read_volume(image_path), read_volume(label_path)
+    check_same_geometry(image, label)
+    image_array, label_array = image.array, label.array
+    while image_array.ndim > 3 and image_array.shape[-1] == 1:
+        image_array = image_array[..., 0]
+    while label_array.ndim > 3 and label_array.shape[-1] == 1:
+        label_array = label_array[..., 0]
+    return RawCase(image_array, label_array, affine=image.affine, slice_axis=slice_axis)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

@@ -12,6 +12,17 @@ def _slice_index(value: int | None) -> int:
     return -1 if value is None else int(value)
 
 
+def image_transforms(image_size: int = 1024, image_key: str = "image") -> list:
+    """Channel-first 2D image (1 or 3 channels; uint8, or float in [0, 1]) -> float32 (3, S, S) in [0, 1],
+    S = image_size (bilinear). The model-input half of :func:`sample_transforms`; the bundles' inference
+    on raw volumes and images applies the same list to each slice."""
+    return [
+        ScaleToUnitd(image_key),
+        ToThreeChannelsd(image_key),
+        Resized(image_key, spatial_size=(image_size, image_size), mode="bilinear", align_corners=False),
+    ]
+
+
 def sample_transforms(image_size: int = 1024, output_scale: int = 4, image_key: str = "image",
                       label_key: str = "label") -> Compose:
     """Chain for entries {"image": .npy, "label": .npy, "volume", "slice"} of a prepared datalist.
@@ -26,9 +37,7 @@ def sample_transforms(image_size: int = 1024, output_scale: int = 4, image_key: 
     keys = [image_key, label_key]
     return Compose([
         LoadImaged(keys, reader="NumpyReader", channel_dim=0, dtype=None),  # keep uint8 vs float16: ScaleToUnitd dispatches on it
-        ScaleToUnitd(image_key),
-        ToThreeChannelsd(image_key),
-        Resized(image_key, spatial_size=(image_size, image_size), mode="bilinear", align_corners=False),
+        *image_transforms(image_size, image_key),
         Resized(label_key, spatial_size=(image_size // output_scale,) * 2, mode="nearest-exact"),
         Lambdad("slice", _slice_index, allow_missing_keys=True),
         EnsureTyped(keys, dtype="float32"),
