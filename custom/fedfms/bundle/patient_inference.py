@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from fedfms.core.io import atomic_path
+from fedfms.core.options import as_bool, as_int
 from fedfms.bundle.checkpoint import load_trained_weights
 from fedfms.bundle.mask_writers import (
     MASK_FORMATS,
@@ -72,14 +73,13 @@ class PatientInference:
     ) -> None:
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format {mask_format!r}: expected one of {', '.join(MASK_FORMATS)}")
-        if num_overlays < 0 or batch_size < 1:
-            raise ValueError(f"num_overlays must be >= 0 and batch_size >= 1, got {num_overlays}, {batch_size}")
         if not ckpt_path:
             raise ValueError("ckpt_path is empty: inference needs the trained model (a bundle's model.pt or a "
                              "federated global model, e.g. FL_global_model.pt)")
         self.network, self.ckpt_path, self.channel_names = network, str(ckpt_path), [str(c) for c in channel_names]
-        self.output_dir, self.batch_size, self.mask_format = Path(output_dir), int(batch_size), mask_format
-        self.dicom_seg, self.num_overlays, self.stop_on_error = bool(dicom_seg), int(num_overlays), bool(stop_on_error)
+        self.output_dir, self.batch_size, self.mask_format = Path(output_dir), as_int("batch_size", batch_size, 1), mask_format
+        self.dicom_seg, self.stop_on_error = as_bool("dicom_seg", dicom_seg), as_bool("stop_on_error", stop_on_error)
+        self.num_overlays = as_int("num_overlays", num_overlays, 0)
         self.model_name = model_name
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
         self.model = SliceSegmenter(network, image_size)

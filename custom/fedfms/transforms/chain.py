@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from monai.transforms import Compose, EnsureTyped, Lambdad, LoadImaged, Resized
 
+from fedfms.core.options import as_int
 from fedfms.transforms.intensity import ScaleToUnitd, ToThreeChannelsd
 
 
@@ -16,6 +17,7 @@ def image_transforms(image_size: int = 1024, image_key: str = "image") -> list:
     """Channel-first 2D image (1 or 3 channels; uint8, or float in [0, 1]) -> float32 (3, S, S) in [0, 1],
     S = image_size (bilinear). The model-input half of :func:`sample_transforms`; the bundles' inference
     on raw volumes and images applies the same list to each slice."""
+    image_size = as_int("image_size", image_size, minimum=1)
     return [
         ScaleToUnitd(image_key),
         ToThreeChannelsd(image_key),
@@ -32,6 +34,7 @@ def sample_transforms(image_size: int = 1024, output_scale: int = 4, image_key: 
     "slice" becomes an int (-1 for 2D sources). Bundles use it via
     ``{"_target_": "fedfms.transforms.sample_transforms", "image_size": "@image_size"}``.
     """
+    image_size, output_scale = as_int("image_size", image_size, minimum=1), as_int("output_scale", output_scale, minimum=1)
     if image_size % output_scale:
         raise ValueError(f"image_size {image_size} must be a multiple of output_scale {output_scale}")
     keys = [image_key, label_key]
