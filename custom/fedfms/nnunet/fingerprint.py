@@ -154,11 +154,12 @@ def check_fingerprint(fingerprint: Mapping[str, Any], source: str = "") -> None:
         _expect(ok, f"{where}[{key!r}]", f"a {kind.__name__}, got {type(value).__name__}")
     n = fingerprint["num_cases"]
     _expect(n >= 1 and 0 <= fingerprint["num_foreground_cases"] <= n, where, f"1 <= num_cases, 0 <= foreground cases <= num_cases")
-    for key in ("spacings", "shapes_after_crop"):
+    for key, positive in (("spacings", "numbers > 0"), ("shapes_after_crop", "integers >= 1")):
         rows = fingerprint[key]
         _expect(isinstance(rows, list) and len(rows) == n and all(
-            isinstance(r, list) and len(r) == 3 and all(_number(v) for v in r) for r in rows),
-            f"{where}[{key!r}]", f"{n} lists of 3 numbers (one per case)")
+            isinstance(r, list) and len(r) == 3 and all(_number(v) and v > 0 for v in r)
+            and (key == "spacings" or all(isinstance(v, int) for v in r)) for r in rows),
+            f"{where}[{key!r}]", f"{n} lists of 3 {positive} (one per case)")
     rel = fingerprint["relative_sizes_after_cropping"]
     _expect(isinstance(rel, list) and len(rel) == n and all(_number(v) for v in rel),
             f"{where}['relative_sizes_after_cropping']", f"{n} numbers (one per case)")

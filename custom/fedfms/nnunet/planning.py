@@ -115,6 +115,11 @@ def check_plan(plan: Mapping[str, Any], source: str = "plan") -> None:
     patch, size = config.get("patch_size"), plan["image_size"]
     if not (isinstance(patch, list) and len(patch) == 2 and all(isinstance(p, int) and 0 < p <= size for p in patch)):
         raise PlanningError(f"{source}: the 2d patch size {patch} does not fit the {size} x {size} frame")
+    stages = config.get("architecture", {}).get("arch_kwargs", {}).get("n_stages", 0)
+    if stages < 2:  # no down-sampling: no decoder and no deep supervision to train
+        raise PlanningError(f"{source}: nnU-Net planned a U-Net with {stages} stage(s) for patch {patch}: the cases are "
+                            f"too small after cropping to their non-zero region (median shape "
+                            f"{config.get('median_image_size_in_voxels')}); use a larger image_size")
 
 
 def save_plan(plan: Mapping[str, Any], path: str | os.PathLike) -> str:

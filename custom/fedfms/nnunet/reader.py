@@ -43,8 +43,12 @@ class PreparedSampleIO(BaseReaderWriter):
     def _read(self, key: str, fname: str) -> np.ndarray:
         try:
             return np.asarray(self.frame({key: os.fspath(fname)})[key])
-        except Exception as err:  # MONAI wraps numpy's and our own errors in RuntimeError; keep the file name on top
-            raise ValueError(f"cannot read prepared {key} {fname}: {err}") from err
+        except Exception as err:
+            cause = err
+            while cause.__cause__ is not None:  # MONAI wraps the reader's error in "applying transform ..."
+                cause = cause.__cause__
+            first_line = (str(cause).strip().splitlines() or [""])[0]  # MONAI appends every reader's traceback
+            raise ValueError(f"cannot read prepared {key} {fname}: {type(cause).__name__}: {first_line}") from err
 
     def read_images(self, image_fnames: Sequence[str]) -> tuple[np.ndarray, dict]:
         if len(image_fnames) != 1:
