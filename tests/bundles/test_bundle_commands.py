@@ -12,12 +12,14 @@ import pytest
 from PIL import Image
 
 
-@pytest.mark.parametrize("bundle", ["unet", "sam", "msa"])
+@pytest.mark.parametrize("bundle", ["unet", "sam", "msa", "nnunet"])
 def test_train_evaluate_infer(bundle, small_datalist, tiny_sam_checkpoint, readme_command, tmp_path):
     env = {"DATALIST": str(small_datalist), "OUT": str(tmp_path), "SAM_CKPT": str(tiny_sam_checkpoint)}
     small = ["--image_size", "64", "--max_epochs", "1", "--num_workers", "0"]
-    if bundle != "unet":
+    if bundle in ("sam", "msa"):
         small += ["--model_type", "vit_tiny"]
+    if bundle == "nnunet":
+        small += ["--use_mirroring", "False"]  # nnU-Net's test-time mirroring quadruples CPU time
     content = json.loads(small_datalist.read_text())
     test_split, volumes = content["test"], content["metadata"]["volumes"]
 

@@ -145,7 +145,7 @@ def load_plan(path: str | os.PathLike) -> dict[str, Any]:
     return plan
 
 
-def resolve_plan(plans_file: str | os.PathLike | None, datalist: str | os.PathLike | Sequence[str | os.PathLike],
+def resolve_plan(plans_file: str | os.PathLike | None, datalist: str | os.PathLike | Sequence[str | os.PathLike] | None,
                  image_size: int, output_dir: str | os.PathLike | None = None, gpu_memory_target_gb: float = 8.0,
                  progress: bool = True) -> dict[str, Any]:
     """The plan a bundle runs with: `plans_file` if given (federated: the server's plan), else planned
@@ -163,7 +163,7 @@ def resolve_plan(plans_file: str | os.PathLike | None, datalist: str | os.PathLi
     if plan["image_size"] != image_size:
         raise PlanningError(f"{source} was made for image_size {plan['image_size']}, the bundle runs at {image_size}: "
                             f"pass --image_size {plan['image_size']} or plan again")
-    channels = datalist_label_channels(datalist)
+    channels = plan["label_channels"] if datalist is None else datalist_label_channels(datalist)  # None: no data (checks)
     if plan["label_channels"] != channels:
         raise PlanningError(f"{source} is for label channels {plan['label_channels']}, the datalist has {channels}")
     if output_dir:
