@@ -10,7 +10,9 @@ from pathlib import Path
 from fedfms.nnunet import load_plan, make_plan, merge_fingerprints, save_plan, site_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["--image_size", "64", "--max_epochs", "1", "--num_workers", "0", "--use_mirroring", "False"]
+# 32 px: a 4-stage nnU-Net; one epoch of one batch (--iterations_per_epoch 1) keeps each command to seconds
+SMALL = ["--image_size", "32", "--max_epochs", "1", "--iterations_per_epoch", "1", "--num_workers", "0",
+         "--use_mirroring", "False"]
 
 
 def _config(bundle: str, name: str) -> dict:
@@ -48,12 +50,12 @@ def test_centralized_plan_train_with_it_and_evaluate_pooled(cut_demo_sites, read
     readme_command("nnunet", "Centralized training (pooled sites)", env, SMALL,
                    replace={"['demo_out/prostate/BIDMC/datalist.json','demo_out/prostate/HK/datalist.json']": pooled})
     plan = load_plan(tmp_path / "central" / "nnunet_plans.json")
-    assert plan["sites"] == {"UCL": 6, "HK": 4} and plan["image_size"] == 64
-    fingerprints = [site_fingerprint(path, image_size=64, progress=False) for path in (ucl, hk)]
+    assert plan["sites"] == {"UCL": 6, "HK": 4} and plan["image_size"] == 32
+    fingerprints = [site_fingerprint(path, image_size=32, progress=False) for path in (ucl, hk)]
     assert plan == make_plan(merge_fingerprints(fingerprints)), "one plan from the pooled sites' merged fingerprints"
     assert (tmp_path / "central" / "model.pt").is_file() and (tmp_path / "central" / "model_final.pt").is_file()
 
-    readme_command("nnunet", "Train with a given plan", env, SMALL + ["--iterations_per_epoch", "1"])
+    readme_command("nnunet", "Train with a given plan", env, SMALL)
     assert load_plan(tmp_path / "with_plan" / "nnunet_plans.json") == plan  # used as given, not re-planned
 
     (tmp_path / "pooled").mkdir()

@@ -14,6 +14,8 @@ plans dict, "dataset_json": nnU-Net's dataset.json}.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -81,11 +83,16 @@ def make_plan(fingerprint: Mapping[str, Any], gpu_memory_target_gb: float = 8.0)
     summary = (f"{fingerprint['num_cases']} cases of site(s) {fingerprint['site']}, image_size {fingerprint['image_size']}, "
                f"shapes after crop from {min(map(tuple, fingerprint['shapes_after_crop']))} "
                f"to {max(map(tuple, fingerprint['shapes_after_crop']))}")
+    printed = io.StringIO()
     try:
-        with _planner_folders(fingerprint, dataset_json):
+        # the planner prints its configuration and the path of its temporary plans file: a debug log line
+        # instead (sys.stdout is process-wide: another thread's print in these milliseconds lands there too)
+        with _planner_folders(fingerprint, dataset_json), contextlib.redirect_stdout(printed):
             plans = FedfmsExperimentPlanner(DATASET_NAME, gpu_memory_target_in_gb=gpu_memory_target_gb).plan_experiment()
     except Exception as err:
         raise PlanningError(f"nnU-Net's planner failed on the fingerprint ({summary}): {type(err).__name__}: {err}") from err
+    finally:
+        logger.debug(printed.getvalue())
     plan = {
         "format": FORMAT,
         "configuration": CONFIGURATION,

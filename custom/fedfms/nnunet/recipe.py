@@ -70,6 +70,10 @@ class NnUNetRecipe:
     def __init__(self, plan: Mapping[str, Any], device: str | torch.device = "cpu", log_dir: str = "nnunet_log",
                  num_epochs: int = 1000, initial_lr: float | None = None, trainer: str = "nnUNetTrainer") -> None:
         check_plan(plan)
+        device = torch.device(device)
+        if device.type == "cuda" and (device.index or 0) != 0:
+            raise ValueError(f"device {device}: nnU-Net's trainer always trains on cuda:0; choose the GPU with "
+                             f"CUDA_VISIBLE_DEVICES={device.index} and --device cuda:0")
         if int(num_epochs) < 1:
             raise ValueError(f"num_epochs (the poly schedule length) must be >= 1, got {num_epochs}")
         self.plan, self.trainer_name = plan, trainer
@@ -77,7 +81,7 @@ class NnUNetRecipe:
         plans["continue_training"] = False  # nnU-Net's run_training sets this key before building a trainer
         with nnunet_folders(nnUNet_results=os.path.abspath(log_dir)):  # the trainer computes its log folder at init
             self.trainer = trainer_class(trainer)(plans, plan["configuration"], 0, copy.deepcopy(plan["dataset_json"]),
-                                                  torch.device(device))
+                                                  device)
         self.trainer.num_epochs = int(num_epochs)
         if initial_lr is not None:
             self.trainer.initial_lr = float(initial_lr)
@@ -135,7 +139,9 @@ class NnUNetRecipe:
             is_cascaded=False, foreground_labels=labels.foreground_labels,
             regions=labels.foreground_regions if labels.has_regions else None, ignore_label=labels.ignore_label)
 
-    def train_step(self, engine: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """One nnU-Net training step on an nnU-Net batch {"data", "target"}: a MONAI iteration_update."""
+    def train_step(self, engine: Any, batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """One nnU-Net training step on an nnU-Net batch {"data", "target"}, as a MONAI iteration_update.
+        Returns the loss in the form of MONAI's decollated output, [{"loss": tensor}], so handlers written
+        for the other bundles (from_engine(["loss"], first=True)) read it unchanged."""
         self.trainer.network.train()  # nnU-Net sets train mode per epoch; the evaluator sets eval in between
-        return self.trainer.train_step(batch)
+        return [{"loss": torch.as_tensor(self.trainer.train_step(batch)["loss"])}]
