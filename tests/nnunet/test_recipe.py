@@ -135,3 +135,13 @@ def test_inferer_is_nnunets_sliding_window_with_per_channel_logits(recipe, plan,
     # nnU-Net accumulates Gaussian-weighted logits in float16: a few corner pixels (tiny weights) lose digits
     difference = (logits - (raw[:, 1:2] - raw[:, 0:1])).abs()
     assert difference.max() < 5e-2 and difference.median() < 5e-3
+
+
+def test_training_loader_with_nnunet_worker_processes(recipe, two_sites, frame_size):
+    """num_workers > 0: nnU-Net's NonDetMultiThreadedAugmenter (the bundle's default of 2)."""
+    loader = training_loader(recipe, two_sites["HK"], frame_size, batch_size=2, num_workers=2)
+    try:
+        batches = [next(loader) for _ in range(3)]
+    finally:
+        loader._finish()  # batchgenerators' shutdown of its worker processes
+    assert all(b["data"].shape[:2] == (2, 1) for b in batches)

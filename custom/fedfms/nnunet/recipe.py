@@ -31,7 +31,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from fedfms.nnunet.environment import nnunet_folders
-from fedfms.nnunet.planning import CONFIGURATION, check_plan
+from fedfms.nnunet.planning import check_plan
 
 
 def trainer_class(name: str = "nnUNetTrainer") -> type[nnUNetTrainer]:
