@@ -15,6 +15,7 @@ LAYERS: Sequence[Tuple[str, ...]] = (
     ("networks", "transforms"),
     ("data",),
     ("bundle",),
+    ("nnunet",),
     ("registry", "runtime"),
     ("reporting",),
     ("orchestration",),
