@@ -287,3 +287,30 @@ def test_every_job_declares_its_methods_shipped_scope():
         assert meta["scope"] == scope
     meta = job_configs(JobSettings("fedmsa", "prostate", held_out=("UCL",)), REPO / "bundles")["meta"]
     assert meta["scope"] == "fedmsa"
+
+
+def test_readme_shows_the_privacy_json_the_helper_writes(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### What leaves a site, and who decides"):]
+    block = section[section.index("```json") + len("```json"):]
+    block = block[:block.index("```")]
+    assert json.loads(block) == json.loads(write_site_privacy(tmp_path).read_text())
+
+
+def test_site_privacy_cli_writes_and_checks(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("site_privacy", REPO / "tools" / "site_privacy.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["write", str(tmp_path), "--mode", "reject", "--default-scope", "metrics_only"]) == 0
+    config = json.loads((tmp_path / "privacy.json").read_text())
+    assert config["default_scope"] == "metrics_only"
+    check = ["check", "--method", "fedmsa", "--model-type", "vit_tiny", "--privacy", str(tmp_path / "privacy.json")]
+    assert cli.main(check) == 0
+    # a site that narrows fedmsa to the decoder would block the adapters: the check says so and fails
+    config["scopes"][0]["task_result_filters"][0]["args"]["allow"] = ["mask_decoder.*"]
+    (tmp_path / "privacy.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli.main(check) == 1
+    assert "BLOCKED transmitted tensors" in capsys.readouterr().out

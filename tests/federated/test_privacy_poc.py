@@ -14,11 +14,15 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedfms.networks import MSASegmenter, transmitted_keys
 from fedfms.orchestration.jobs import client_name, write_job
@@ -29,6 +33,40 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 LEAKED = "image_encoder.patch_embed.proj.weight"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_leftovers(kits: dict) -> None:
+    """After a failed ``poc stop`` (a server that never became ready), end the processes this test
+    started, by the ids their startup scripts recorded."""
+    for kit in kits.values():
+        for pid_file in ("pid.fl", "daemon_pid.fl"):
+            path = kit.parent / pid_file
+            if path.is_file() and path.read_text().strip().isdigit():
+                try:
+                    os.kill(int(path.read_text().strip()), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def _wait_for_clients(env: dict, nvflare: str, clients: list, deadline_s: float = 600) -> None:
+    start = time.monotonic()
+    status = ""
+    while time.monotonic() - start < deadline_s:
+        try:
+            result = subprocess.run([nvflare, "system", "status"], capture_output=True, text=True, env=env, timeout=60)
+            status = result.stdout + result.stderr
+            if result.returncode == 0 and all(re.search(rf"\b{c}\b", result.stdout) for c in clients):
+                return
+        except subprocess.TimeoutExpired:
+            status = "nvflare system status timed out"
+        time.sleep(5)
+    raise AssertionError(f"POC clients {clients} did not register within {deadline_s} s:\n{status}")
 
 
 def _leaky_job(job: Path, audit_file: Path) -> None:
@@ -70,6 +108,12 @@ def test_site_privacy_scope_stops_an_encoder_weight_in_poc_mode(tmp_path, data_r
     poc = tmp_path / "poc"
     cli("poc", "config", "-pw", str(poc))
     cli("poc", "prepare", "-c", *map(client_name, small_sites), "--force")
+    # free ports instead of POC's fixed 8002/8003, which another POC on the machine may hold
+    project = yaml.safe_load((poc / "project.yml").read_text())
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    server["fed_learn_port"], server["admin_port"] = _free_port(), _free_port()
+    (tmp_path / "project.yml").write_text(yaml.safe_dump(project))
+    cli("poc", "prepare", "-i", str(tmp_path / "project.yml"), "--force")
     kits = {p.parent.name: p for p in poc.rglob("local") if (p.parent / "startup").is_dir()}
     for name in ["server", *map(client_name, small_sites)]:
         local = kits[name]
@@ -79,12 +123,17 @@ def test_site_privacy_scope_stops_an_encoder_weight_in_poc_mode(tmp_path, data_r
         if name != "server":
             write_site_privacy(local)  # the hospital's own policy: the shipped scopes, mode drop
     try:
-        cli("poc", "start", timeout=600)
+        # `poc start` waits for readiness itself, but its admin login can hang on a loaded machine:
+        # start without waiting, then poll the system status with a per-call timeout
+        cli("poc", "start", "--no-wait", timeout=300)
+        _wait_for_clients(env, nvflare, [client_name(s) for s in small_sites])
         job_id = UUID.search(cli("job", "submit", "-j", str(job))).group(0)
         cli("job", "wait", job_id, "--timeout", "900", timeout=960)
         cli("job", "download", job_id, "-o", str(tmp_path / "result"), timeout=300)
     finally:
-        subprocess.run([nvflare, "poc", "stop"], capture_output=True, text=True, env=env, timeout=300)
+        stop = subprocess.run([nvflare, "poc", "stop"], capture_output=True, text=True, env=env, timeout=300)
+        if stop.returncode != 0:
+            _stop_leftovers(kits)
 
     # the server never saw the encoder weight; HK's results arrived without it, ISBI1_5's were withheld
     records = [json.loads(line) for line in audit_file.read_text().splitlines()]

@@ -3,8 +3,9 @@
 A job says which tensors it sends (``selection``), but that is the job author's code. NVFlare's privacy
 management lets a site decide instead: the site's ``local/privacy.json`` defines *scopes*, each with
 its own ``task_result_filters``; a job names its scope in ``meta.json`` (``"scope": "fedmsa"``); a site
-refuses to deploy a job whose scope it does not define (when it defines any), and applies the scope's
-filters to every result of the job, whatever the job configures. This module is that filter and the
+that defines scopes refuses to deploy a job whose scope it does not define (a job naming none gets the
+file's ``default_scope``, or is refused), and applies the scope's filters to every result of the job,
+whatever the job configures. This module is that filter and the
 site-side pieces around it:
 
 - :class:`ResultPolicy` (a scope's task result filter): lets out only
@@ -141,8 +142,8 @@ class ResultPolicy(Filter):
 
     Args (all from the site's privacy.json):
         allow: glob patterns (fnmatch, ``*`` spans dots) of the tensor names that may leave.
-        data_kinds: DXO kinds that may leave (METRICS and the tensor kinds WEIGHTS, WEIGHT_DIFF; a scope
-            that allows compressed updates adds the kind its compression filter sends).
+        data_kinds: DXO kinds that may leave. METRICS data are named numbers; every other allowed kind
+            (WEIGHTS, WEIGHT_DIFF, or the kind a compression filter sends) is checked as named tensors.
         dtypes: numpy dtype names tensors may have (add "int8" for int8-compressed updates).
         pattern_dtypes: extra dtypes for the tensors matching a pattern, e.g.
             {"*.num_batches_tracked": ["int64"]} for BatchNorm counters (U-Net).
@@ -222,14 +223,14 @@ class ResultPolicy(Filter):
         """Every violation of ``result`` and whether it is fatal (the result cannot be sent in part:
         malformed, a data kind not allowed, over the size cap). Does not change ``result``."""
         violations: List[Violation] = []
+        headers = result.get(ReservedHeaderKey.HEADERS) or {}
+        if not isinstance(headers, dict):
+            return [Violation("result", "headers", f"headers must be a dict, got {type(headers).__name__}")], True
         ok = result.get_return_code(ReturnCode.OK) == ReturnCode.OK
         content = {_DXO_KEY} if ok else set()  # an error reply carries no content
         for key in result:
             if key != ReservedHeaderKey.HEADERS and key not in content:
                 violations.append(Violation("content", str(key), "only a DXO may leave" if ok else "an error reply carries no content"))
-        headers = result.get(ReservedHeaderKey.HEADERS) or {}
-        if not isinstance(headers, dict):
-            return violations + [Violation("result", "headers", f"headers must be a dict, got {type(headers).__name__}")], True
         for key, value in headers.items():
             problem = plain_value_problem(value)
             if problem:
@@ -346,17 +347,22 @@ GUARD_ID = "fedfms_result_guard"
 _POLICY_PATH = f"{ResultPolicy.__module__}.{ResultPolicy.__name__}"
 _GUARD_PATH = f"{ResultPolicyGuard.__module__}.{ResultPolicyGuard.__name__}"
 
-#: The shipped scopes, as a site's privacy.json writes them (ResultPolicy args). Caps: the largest
-#: result of each kind for SAM ViT-H (FedSAM ~2.5 GB, FedMSA ~0.2 GB in float32), rounded up.
+#: What every shipped scope states explicitly (the ResultPolicy defaults), so the site's file reads whole.
+_TENSOR_RULES = {"dtypes": list(DTYPES), "max_tensor_elements": MAX_TENSOR_ELEMENTS}
+_COMMON_RULES = {"max_metric_values": 1, "meta_keys": list(META_KEYS)}
+#: The shipped scopes, as a site's privacy.json writes them (ResultPolicy args, mode added). Caps: the
+#: largest result of each kind with SAM ViT-H in float32 (FedMSA 224 MB, FedSAM 2.56 GB), rounded up.
 EXAMPLE_SCOPES: Dict[str, dict] = {
     # FedMSA: adapters, mask decoder and class head (fedfms.networks: MSASegmenter.transmitted_keys)
     "fedmsa": {"allow": ["*.space_adapter.*", "*.mlp_adapter.*", "mask_decoder.*", "class_head.*"],
-               "max_result_bytes": 512 * 2**20},
+               "data_kinds": [k.value for k in DATA_KINDS], **_TENSOR_RULES, "max_result_bytes": 512 * 2**20,
+               **_COMMON_RULES},
     # FedSAM and FedU-Net send their whole trainable state; U-Net's BatchNorm counters are int64 scalars
-    "full_model": {"allow": ["*"], "pattern_dtypes": {"*.num_batches_tracked": ["int64"]},
-                   "max_result_bytes": 4 * 2**30},
+    "full_model": {"allow": ["*"], "data_kinds": [k.value for k in DATA_KINDS], **_TENSOR_RULES,
+                   "pattern_dtypes": {"*.num_batches_tracked": ["int64"]}, "max_result_bytes": 4 * 2**30,
+                   **_COMMON_RULES},
     # evaluation only (cross-site validation, a held-out site): aggregate metrics, no tensor
-    "metrics_only": {"allow": [], "data_kinds": [DataKind.METRICS.value]},
+    "metrics_only": {"allow": [], "data_kinds": [DataKind.METRICS.value], **_COMMON_RULES},
 }
 SCOPE_NAMES = tuple(EXAMPLE_SCOPES)
 
@@ -377,7 +383,7 @@ def write_site_privacy(local_dir: str | Path, mode: str = "drop", default_scope:
 
     Scopes of the same name are replaced; the site's other scopes, components and default stay.
     ``default_scope``: the scope of jobs that name none (None: keep the file's; without one, NVFlare
-    applies no filter to such jobs). Returns the file written (atomically)."""
+    refuses such jobs). Returns the file written (atomically)."""
     target = Path(local_dir) / "privacy.json"
     config = json.loads(target.read_text()) if target.is_file() else {}
     if not isinstance(config, dict):
