@@ -13,7 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "custom" / "fedfms"
 LAYERS: Sequence[Tuple[str, ...]] = (
     ("core",),
     ("networks", "transforms"),
-    ("data", "bundle"),
+    ("data",),
+    ("bundle",),
+    ("nnunet",),
     ("registry", "runtime"),
     ("reporting",),
     ("orchestration",),

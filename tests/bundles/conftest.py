@@ -81,15 +81,18 @@ def _in_process(command: str, env: dict[str, str], extra: list[str]) -> str:
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
-    scripts_logger = logging.getLogger("monai.bundle.scripts")  # does not propagate to the root logger
-    scripts_logger.addHandler(handler)
+    # monai.bundle.scripts does not propagate to the root logger; fedfms' own loggers are captured too
+    loggers = [logging.getLogger("monai.bundle.scripts"), logging.getLogger("fedfms")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         for i, line in enumerate(commands):
             expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], line)
             args = shlex.split(expanded)[3:] + (list(extra) if i == len(commands) - 1 else [])
-            fire.Fire({name: getattr(cli, name) for name in ("verify_metadata", "verify_net_in_out", "ckpt_export")}, command=args)
+            fire.Fire({name: getattr(cli, name) for name in ("verify_metadata", "verify_net_in_out", "ckpt_export", "run")}, command=args)
     finally:
-        scripts_logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
     return "\n".join(records)
 
 
@@ -98,7 +101,7 @@ def readme_command():
     """readme_command(bundle, heading, env, extra, replace, in_process): run that README block with
     `extra` arguments appended to its last command and the `replace` substitutions applied; by default
     with bash from the repository root, the project's python first on PATH (returns the finished
-    process), or in this process for verify / export commands (returns the log text)."""
+    process), or in this process (returns the log text of monai.bundle.scripts and fedfms)."""
 
     def run(
         bundle: str,

@@ -12,12 +12,14 @@ import pytest
 from PIL import Image
 
 
-@pytest.mark.parametrize("bundle", ["unet", "sam", "msa"])
+@pytest.mark.parametrize("bundle", ["unet", "sam", "msa", "nnunet"])
 def test_train_evaluate_infer(bundle, small_datalist, tiny_sam_checkpoint, readme_command, tmp_path):
     env = {"DATALIST": str(small_datalist), "OUT": str(tmp_path), "SAM_CKPT": str(tiny_sam_checkpoint)}
     small = ["--image_size", "64", "--max_epochs", "1", "--num_workers", "0"]
-    if bundle != "unet":
+    if bundle in ("sam", "msa"):
         small += ["--model_type", "vit_tiny"]
+    if bundle == "nnunet":  # no test-time mirroring (4x CPU time); 2 batches per epoch
+        small += ["--use_mirroring", "False", "--iterations_per_epoch", "2"]
     content = json.loads(small_datalist.read_text())
     test_split, volumes = content["test"], content["metadata"]["volumes"]
 
@@ -73,15 +75,22 @@ def _rgb_two_channel_site(folder):
     return folder / "datalist.json"
 
 
-def test_unet_on_2d_rgb_images_with_two_label_channels(readme_command, tmp_path):
+@pytest.mark.parametrize("bundle, options", [
+    ("unet", ["--num_classes", "2", "--batch_size", "2"]),
+    # nnU-Net: 3 input channels and two overlapping label channels -> region training, one logit per channel
+    ("nnunet", ["--use_mirroring", "False", "--iterations_per_epoch", "1"]),
+])
+def test_on_2d_rgb_images_with_two_label_channels(bundle, options, readme_command, tmp_path):
     env = {"DATALIST": str(_rgb_two_channel_site(tmp_path / "RGB")), "OUT": str(tmp_path / "out")}
-    small = ["--image_size", "32", "--num_classes", "2", "--batch_size", "2", "--max_epochs", "1", "--num_workers", "0"]
-    readme_command("unet", "Train", env, small)
-    readme_command("unet", "Evaluate", env, small)
+    small = ["--image_size", "32", "--max_epochs", "1", "--num_workers", "0", *options]
+    readme_command(bundle, "Train", env, small)
+    readme_command(bundle, "Evaluate", env, small)
     summary = json.loads((tmp_path / "out" / "eval" / "evaluation_summary.json").read_text())
     assert set(summary["per_channel"]) == {"OD", "OC"} and summary["num_slices"] == 6
     assert "dice_3d" not in summary  # 2D images: no volumes
-    readme_command("unet", "Inference", env, small)
+    if bundle == "nnunet":
+        return  # its inference path is test_train_evaluate_infer's; the writer is the unet's below
+    readme_command(bundle, "Inference", env, small)
     for i in range(6):
         for channel in ("OD", "OC"):
             mask = np.asarray(Image.open(tmp_path / "out" / "predictions" / "RGB" / f"img{i}_{channel}.png"))

@@ -47,8 +47,17 @@ def test_bad_checkpoints_are_errors_naming_file_and_keys(tiny_sam_checkpoint, tm
         with pytest.raises(CheckpointError, match=message) as info:
             load_trained_weights(net, path)
         assert str(path) in str(info.value)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match=r"missing.pt \(ckpt_path\) does not exist"):
         load_trained_weights(net, tmp_path / "missing.pt")
+    (tmp_path / "model_dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"model_dir.pt \(ckpt_path\) is a folder, expected a PyTorch checkpoint file"):
+        load_trained_weights(net, tmp_path / "model_dir.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt \(ckpt_path\) is empty \(0 bytes\)"):
+        load_trained_weights(net, tmp_path / "empty.pt")
+    (tmp_path / "text.pt").write_text("x")
+    with pytest.raises(CheckpointError, match=r"text.pt \(ckpt_path\) is not a readable PyTorch file .*: \S"):  # a reason, never empty
+        load_trained_weights(net, tmp_path / "text.pt")
 
 
 def test_unet_checkpoint_must_be_complete(tmp_path):

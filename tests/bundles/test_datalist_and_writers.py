@@ -62,8 +62,11 @@ def test_datalist_errors_name_the_file(tmp_path):
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=rf"{path}: test\[1\] lacks keys \['volume'\]"):
         load_datalist(path, "test")
-    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+    with pytest.raises(FileNotFoundError, match="nowhere.json does not exist"):
         load_datalist(tmp_path / "nowhere.json", "test")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.json is a folder, expected its datalist.json file"):
+        load_datalist(tmp_path / "folder.json", "test")
     with pytest.raises(ValueError, match="datalist is not set"):
         load_datalist(None, "test")
 

@@ -56,6 +56,6 @@ def test_unknown_seg_value_names_the_file(fets_release, save_nifti, tmp_path):
     src = fets_release({"1": 2})
     seg = np.zeros((16, 16, 12), np.uint8)
     seg[2, 2, 2] = 3  # BraTS 2021 has no label 3
-    save_nifti(src / "FeTS2022_00000" / "FeTS2022_00000_seg.nii.gz", seg)
+    save_nifti(src / "FeTS2022_00000" / "FeTS2022_00000_seg.nii.gz", seg, (1.0, 1.0, 1.0))
     with pytest.raises(DataError, match=r"FeTS2022_00000_seg.nii.gz: unknown label values \[3\]"):
         prepare_dataset("brain", src, tmp_path / "out", ["1"])

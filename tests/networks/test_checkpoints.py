@@ -64,6 +64,15 @@ def test_missing_checkpoint(tmp_path):
         SAMSegmenter(model_type="vit_tiny", checkpoint=path)
 
 
+def test_folder_and_empty_checkpoint_say_so(tmp_path):
+    (tmp_path / "sam_vit_b_01ec64.pth").mkdir()
+    with pytest.raises(CheckpointError, match="sam_vit_b_01ec64.pth is a folder, expected a PyTorch checkpoint file"):
+        SAMSegmenter(model_type="vit_tiny", checkpoint=tmp_path / "sam_vit_b_01ec64.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pth is empty \(0 bytes\)"):
+        SAMSegmenter(model_type="vit_tiny", checkpoint=tmp_path / "empty.pth")
+
+
 def test_truncated_checkpoint(tmp_path, vit_b_sam):
     _, path = vit_b_sam
     cut = tmp_path / "cut.pth"

@@ -75,7 +75,7 @@ def test_profiles_and_the_overrides_they_give():
         "num_classes": 1, "model_type": "vit_b", "image_size": 1024, "batch_size": 8}
     assert bundle_overrides(get_method("unet"), get_dataset("fundus"), demo) == {
         "num_classes": 2, "image_size": 64, "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0}
-    with pytest.raises(ValueError, match="checkpoint must be one of"):
+    with pytest.raises(ValueError, match="option checkpoint=.last.: expected one of .best., .final."):
         Profile("x", checkpoint="last")
 
 
@@ -117,3 +117,30 @@ def test_a_new_method_and_a_new_dataset_are_one_registration_each(monkeypatch, t
     settings = StudySettings("toy", root, tmp_path / "out", ("fedtoynet", "toynet"), held_out=("South",))
     runs = plan_study(settings, discover_sites(root, "toy"))
     assert [(r.name, r.label) for r in runs] == [("fedtoynet__South", "FedToyNet"), ("toynet__South", "ToyNet")]
+
+
+def test_settings_are_typed_where_they_enter():
+    """JobSettings and Profile fields from a CLI or a config: converted when unambiguous, errors naming the
+    field otherwise (a bare string of sites would otherwise become its characters)."""
+    from fedfms.core.options import OptionError
+    from fedfms.runtime.executor import BundleExecutor
+
+    job = JobSettings("fedmsa", "prostate", held_out=["UCL"], train_timeout="600", half_precision="false",
+                      cross_site_eval="0", outlier_factor="2.5")
+    assert (job.held_out, job.train_timeout, job.half_precision, job.cross_site_eval, job.outlier_factor) == \
+        (("UCL",), 600, False, False, 2.5)
+    for bad, message in ((dict(held_out="UCL"), r"held_out='UCL': expected a list of names"),
+                         (dict(reject_bad_updates="maybe"), "reject_bad_updates='maybe': expected a boolean"),
+                         (dict(min_clients=0), r"min_clients=0: expected an integer >= 1"),
+                         (dict(profile="paper"), r"profile='paper': expected a fedfms.registry.Profile")):
+        with pytest.raises(OptionError, match=message):
+            JobSettings("fedmsa", "prostate", **bad)
+    profile = Profile("cli", rounds="3", batch_size="8", learning_rate="1e-4", image_size=256.0)
+    assert (profile.rounds, profile.batch_size, profile.learning_rate, profile.image_size) == (3, 8, 1e-4, 256)
+    with pytest.raises(OptionError, match="model_type='vit_x'"):
+        Profile("cli", model_type="vit_x")
+    with pytest.raises(OptionError, match="learning_rate='fast'"):
+        PAPER.override(learning_rate="fast")
+    assert BundleExecutor("prostate", local_epochs="2").local_epochs == 2
+    with pytest.raises(OptionError, match="local_epochs=0"):
+        BundleExecutor("prostate", local_epochs=0)

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def read_trained_state(path: str | os.PathLike, key: str = "model") -> dict[str, torch.Tensor]:
     """Tensors of a trained checkpoint: a flat state dict (a bundle's model.pt), or the `key` entry of
     a nested one (e.g. NVFlare's PTFileModelPersistor writes {"model": ..., "train_conf": ...})."""
-    return load_tensors(path, key=key, what="checkpoint (ckpt_path)")
+    return load_tensors(path, key=key, option="ckpt_path")
 
 
 def load_trained_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> list[str]:

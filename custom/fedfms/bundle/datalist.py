@@ -27,6 +27,8 @@ def _as_list(datalist: str | os.PathLike | Sequence[str | os.PathLike] | None) -
 
 
 def _read(path: str) -> dict[str, Any]:
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"datalist {path} is a folder, expected its datalist.json file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"datalist {path} does not exist (expected OUT/DATASET/SITE/datalist.json)")
     with open(path) as f:

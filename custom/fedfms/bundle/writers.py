@@ -22,6 +22,7 @@ from PIL import Image
 from scipy.ndimage import binary_erosion
 
 from fedfms.core.io import atomic_path
+from fedfms.core.options import as_bool
 from fedfms.bundle.datalist import load_metadata
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class PredictionWriter:
         write_overlays: bool = True,
         pred_key: str = "pred",
     ) -> None:
-        self.output_dir, self.channels, self.write_overlays, self.pred_key = output_dir, list(channel_names), write_overlays, pred_key
+        self.write_overlays = as_bool("write_overlays", write_overlays)
+        self.output_dir, self.channels, self.pred_key = output_dir, list(channel_names), pred_key
         self.metadata = load_metadata(datalist)
         self.slices: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
 

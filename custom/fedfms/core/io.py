@@ -110,29 +110,30 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
-def load_tensors(path: PathLike, key: Optional[str] = None, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def load_tensors(path: PathLike, key: Optional[str] = None, option: str = "") -> Dict[str, torch.Tensor]:
     """The named tensors of a PyTorch file, read on the CPU without running pickled code.
 
     A flat ``{name: tensor}`` file, or with ``key`` the ``key`` entry of a nested one (NVFlare's
-    PTFileModelPersistor writes ``{"model": ..., "train_conf": ...}``). ``what`` names the file's role in
-    messages. CheckpointError naming the file when it is missing, a folder, empty, unreadable or holds
-    anything but named tensors.
+    PTFileModelPersistor writes ``{"model": ..., "train_conf": ...}``). ``option`` names the setting the
+    path came from (e.g. "ckpt_path") in messages. CheckpointError naming the file, with the reason, when
+    it is missing, a folder, empty, unreadable or holds anything but named tensors.
     """
     path = Path(path)
+    name = f"checkpoint {path}" + (f" ({option})" if option else "")
     if path.is_dir():
-        raise CheckpointError(f"{what} {path} is a folder; expected a PyTorch file (.pt / .pth)")
+        raise CheckpointError(f"{name} is a folder, expected a PyTorch checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; fedfms never downloads weights, pass a local file")
+        raise CheckpointError(f"{name} does not exist; fedfms never downloads weights, pass the path of a local copy")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
+        raise CheckpointError(f"{name} is empty (0 bytes): an interrupted download or copy?")
     try:
         state: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{what} {path} is not a readable PyTorch file (truncated or corrupted?): {err}") from err
+        reason = str(err) or type(err).__name__  # e.g. EOFError has no message
+        raise CheckpointError(f"{name} is not a readable PyTorch file (truncated or corrupted?): {reason}") from err
     if key is not None and isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
         state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         nested = f", flat or under {key!r}" if key else ""
-        raise CheckpointError(f"{what} {path} does not hold a state dict of named tensors{nested} "
-                              f"(got {type(state).__name__})")
+        raise CheckpointError(f"{name} does not hold a state dict of named tensors{nested} (got {type(state).__name__})")
     return dict(state)

@@ -15,6 +15,8 @@ choice, default); ``tc`` = labels {1, 4}, tumor core (the reference code's choic
 foreground plus every 5th slice (index % 5 == 0) without, as the reference code does. The reference's
 2.5D input (slices i-1, i, i+1 as channels) is not reproduced: samples are single 2D slices.
 Subjects without enhancing tumor exist, so an empty target is accepted (their slices are negatives).
+Besides NIfTI, a subject's two volumes may be MetaImage (.mha, .mhd), NRRD or DICOM series folders
+(``FeTS2022_00000_t1ce/``), with the same names; their geometry must agree.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fedfms.data.preparation import Case, DataError, Preparer, broken_case, load_volume_pair, register
+from fedfms.data.volume_io import find_volumes
 from fedfms.transforms.labels import LabelMap
 
 FETS_LABELS = (0, 1, 2, 4)
@@ -82,21 +85,29 @@ class BrainPreparer(Preparer):
         label_map, stride = TARGETS[target], SLICE_SELECTIONS[slices]
         csv_path = _csv_path(src, partitioning)
         for subject in sorted(read_partitioning(csv_path)[site.removeprefix(SITE_PREFIX)]):
-            image, label = src / subject / f"{subject}_t1ce.nii.gz", src / subject / f"{subject}_seg.nii.gz"
-            if not (src / subject).is_dir():
-                yield broken_case(subject, src / subject, f"subject folder listed in {csv_path.name} not found", label_map)
-            elif not image.is_file():
-                yield broken_case(subject, image, "T1ce image not found", label_map)
-            elif not label.is_file():
-                yield broken_case(subject, image, f"image without label (expected {label.name})", label_map)
+            folder = src / subject
+            if not folder.is_dir():
+                problem = "is a file, expected a subject folder" if folder.exists() else f"subject folder listed in {csv_path.name} not found"
+                yield broken_case(subject, folder, problem, label_map)
+                continue
+            volumes = find_volumes(folder)  # FeTS ships NIfTI; MetaImage, NRRD or DICOM folders work too
+            images, labels = volumes.get(f"{subject}_t1ce", []), volumes.get(f"{subject}_seg", [])
+            if len(images) > 1 or len(labels) > 1:
+                yield broken_case(subject, folder, f"ambiguous files: {[p.name for p in images + labels]}", label_map)
+            elif not images:
+                yield broken_case(subject, folder / f"{subject}_t1ce.nii.gz", "T1ce image not found", label_map)
+            elif not labels:
+                yield broken_case(subject, images[0], f"image without label (expected {subject}_seg.nii.gz)", label_map)
             else:
-                yield Case(subject, str(image), str(label), lambda i=image, l=label: load_volume_pair(i, l),
-                           label_map, empty_slice_stride=stride)
+                yield Case(subject, str(images[0]), str(labels[0]),
+                           lambda i=images[0], l=labels[0]: load_volume_pair(i, l), label_map, empty_slice_stride=stride)
 
 
 def _csv_path(src: Path, partitioning: str) -> Path:
     """The partitioning CSV (relative to SRC or absolute); DataError if it does not exist."""
     csv_path = Path(partitioning) if Path(partitioning).is_absolute() else Path(src) / partitioning
+    if csv_path.is_dir():
+        raise DataError(csv_path, "is a folder, expected the partitioning CSV file")
     if not csv_path.is_file():
         raise DataError(csv_path, "partitioning CSV not found (FeTS 2022 ships partitioning_1.csv in its root)")
     return csv_path

@@ -260,7 +260,7 @@ def prepare_dataset(
     preparer = get_preparer(name)
     src, out = Path(src), Path(out)
     if not src.is_dir():
-        raise DataError(src, "release folder not found")
+        raise DataError(src, "is a file, expected the release folder" if src.exists() else "release folder not found")
     summaries = []
     for site in tqdm(preparer.resolve_sites(sites, src, options), desc=name, unit="site"):
         try:

@@ -21,7 +21,7 @@ _SHOWN = 5  # mismatching keys quoted in an error message
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """Read an official SAM state dict (str -> Tensor) from ``path`` on the CPU, without executing pickled code."""
-    return load_tensors(path, what="SAM checkpoint")
+    return load_tensors(path)
 
 
 def _guess_model_type(state: Mapping[str, torch.Tensor]) -> Optional[str]:

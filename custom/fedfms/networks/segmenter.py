@@ -16,6 +16,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from fedfms.core.options import OptionError, as_bool, as_int
+
 from .adapters import AdaptedBlock
 from .checkpoint import load_sam_checkpoint
 from .configs import DEFAULT_MODEL_TYPE, PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
@@ -54,10 +56,11 @@ class PromptFreeSegmenter(nn.Module):
     ) -> None:
         super().__init__()
         config = encoder_config(model_type)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if image_size <= 0 or image_size % PATCH_SIZE:
-            raise ValueError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
+        num_classes = as_int("num_classes", num_classes, minimum=1)
+        image_size = as_int("image_size", image_size, minimum=PATCH_SIZE)
+        if image_size % PATCH_SIZE:
+            raise OptionError(f"option image_size={image_size!r}: expected a positive multiple of {PATCH_SIZE}")
+        activation_checkpointing = as_bool("activation_checkpointing", activation_checkpointing)
         self.model_type, self.num_classes, self.image_size = model_type, num_classes, image_size
         self.activation_checkpointing = activation_checkpointing
 

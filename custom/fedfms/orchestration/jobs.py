@@ -6,7 +6,8 @@ NVFlare ``FedJob`` made of the real component objects (so their constructors che
 the job is written), and ``write_job`` exports it to a folder that runs unchanged in the simulator, POC
 and production::
 
-    JOB/meta.json                           deploy_map: the server and every site of the dataset
+    JOB/meta.json                           deploy_map: the server and every site of the dataset;
+                                            scope: the privacy scope (the method's, fedfms.registry)
     JOB/app/config/config_fed_server.json   ScatterAndGather over the training sites, weighted FedAvg
                                             (bad updates rejected), best-model selection, cross-site
                                             evaluation, TensorBoard, the round report
@@ -45,6 +46,7 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from fedfms.core.io import staged_directory, write_json_atomic
+from fedfms.core.options import OptionError, as_bool, as_float, as_int, as_names
 from fedfms.core.wire import BUNDLE_IN_APP, JOB_CONFIG, VAL_DICE
 from fedfms.registry import PAPER, Profile, bundle_overrides, dataset_names, get_dataset, get_method, method_names
 from fedfms.runtime.aggregation import AGGREGATIONS, FEDSCA_TEMPERATURE, OUTLIER_FACTOR, GuardedAggregator
@@ -109,13 +111,26 @@ class JobSettings:
     half_precision: bool = False
 
     def __post_init__(self) -> None:
+        """Check and convert every field; OptionError (a ValueError) naming a bad one."""
+        typed = {"held_out": as_names("held_out", self.held_out),
+                 "wait_time_after_min_received": as_int("wait_time_after_min_received", self.wait_time_after_min_received, 0),
+                 "train_timeout": as_int("train_timeout", self.train_timeout, 0),
+                 "outlier_factor": as_float("outlier_factor", self.outlier_factor, minimum=0),
+                 "fedsca_temperature": as_float("fedsca_temperature", self.fedsca_temperature, above=0),
+                 **{name: as_bool(name, getattr(self, name)) for name in ("cross_site_eval", "reject_bad_updates", "half_precision")}}
+        if self.sites is not None:
+            typed["sites"] = as_names("sites", self.sites)
+        if self.min_clients is not None:
+            typed["min_clients"] = as_int("min_clients", self.min_clients, 1)
+        if not isinstance(self.profile, Profile):
+            raise OptionError(f"option profile={self.profile!r}: expected a fedfms.registry.Profile")
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)  # frozen dataclass: store the converted value
         if self.method not in method_names(federated=True):
             raise ValueError(f"unknown method {self.method!r}; expected one of {method_names(federated=True)}")
         get_dataset(self.dataset)  # ValueError naming the registered datasets
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
-        if self.outlier_factor < 0 or self.fedsca_temperature <= 0:
-            raise ValueError("outlier_factor must be >= 0 and fedsca_temperature > 0")
         unknown = set(self.held_out) - set(self.all_sites)
         if unknown:
             raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
@@ -163,8 +178,9 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     train = [client_name(x) for x in s.train_sites]
     clients = [client_name(x) for x in s.all_sites]
     # The deploy map names every site (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
+    # The scope names the privacy policy each site applies to the job's results (fedfms.runtime.privacy).
     job = FedJob(name=s.job_name, min_clients=s.min_training_results,
-                 meta_props={"deploy_map": {"app": ["server", *clients]}})
+                 meta_props={"deploy_map": {"app": ["server", *clients]}, "scope": get_method(s.method).privacy_scope})
     job.set_app_packages(["fedfms"])  # installed at every participant (or embedded below), never copied per class
 
     job.to_server(TransmittedModelPersistor(), id="persistor")

@@ -28,6 +28,8 @@ class Method:
     apply); network: the fedfms network class the bundle's ``network_def`` builds (None: a MONAI network);
     paper_batch_sizes: the paper's batch size per dataset, key None for every other dataset (empty: the
     bundle's default).
+    privacy_scope: the NVFlare privacy scope its jobs declare in meta.json; each site decides in its own
+    local/privacy.json what a scope lets out (shipped scopes: ``fedfms.runtime.privacy.EXAMPLE_SCOPES``).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Method:
     uses_sam: bool = False
     network: Optional[type[nn.Module]] = None
     paper_batch_sizes: Mapping[Optional[str], int] = field(default_factory=dict, hash=False)
+    privacy_scope: str = "full_model"
 
     def batch_size(self, dataset: str) -> Optional[int]:
         """The paper's batch size for ``dataset``, or None for the bundle's default."""
@@ -48,12 +51,15 @@ METHODS: Dict[str, Method] = {}
 
 
 def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network: Optional[type[nn.Module]] = None,
-                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None) -> Tuple[Method, Method]:
+                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None,
+                    privacy_scope: str = "full_model") -> Tuple[Method, Method]:
     """Register the federated method ``fed<bundle>`` (label ``Fed<label>``) and the centralized
     ``<bundle>`` (label ``<label>``) of ``bundles/<bundle>``; return (federated, centralized).
-    ValueError if either name is taken."""
+    privacy_scope: the scope the federated method's jobs declare ("full_model": the site lets out any
+    tensor; a method that sends less names a tighter scope). ValueError if either name is taken."""
     methods = tuple(
-        Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}))
+        Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}),
+               privacy_scope)
         for prefix, label_prefix, federated in ((FEDERATED_PREFIX, FEDERATED_LABEL_PREFIX, True), ("", "", False))
     )
     taken = [m.name for m in methods if m.name in METHODS]
@@ -84,10 +90,13 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
 
 
 # The paper's Table 1 order: conventional baselines first, then SAM, then MSA. Batch sizes: the
-# reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default.
+# reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default. Privacy
+# scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM and FedU-Net their whole
+# trainable state ("full_model").
 register_bundle("unet", "U-Net")
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
-register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8})
+register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8},
+                privacy_scope="fedmsa")
 
 #: Encoders the paper reports, and the suffix its row names carry ("FedMSA-L").
 PAPER_ENCODER_SUFFIX = {"vit_b": "", "vit_l": "-L"}

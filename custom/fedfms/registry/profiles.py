@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
-from fedfms.networks.configs import DEFAULT_MODEL_TYPE, SAM_IMAGE_SIZE
+from fedfms.core.options import as_choice, as_float, as_int
+from fedfms.networks.configs import DEFAULT_MODEL_TYPE, ENCODER_CONFIGS, SAM_IMAGE_SIZE
 
 from .datasets import Dataset
 from .methods import Method
@@ -47,10 +48,17 @@ class Profile:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.checkpoint not in CHECKPOINTS:
-            raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise ValueError(f"rounds and local_epochs must be >= 1, got {self.rounds} and {self.local_epochs}")
+        """Check and convert every field (e.g. numbers given as strings); OptionError naming a bad one."""
+        typed = {"model_type": as_choice("model_type", self.model_type, ENCODER_CONFIGS),
+                 "rounds": as_int("rounds", self.rounds, 1), "local_epochs": as_int("local_epochs", self.local_epochs, 1),
+                 "checkpoint": as_choice("checkpoint", self.checkpoint, CHECKPOINTS)}
+        for name, minimum in (("image_size", 1), ("batch_size", 1), ("num_workers", 0), ("cpu_threads", 1)):
+            if getattr(self, name) is not None:
+                typed[name] = as_int(name, getattr(self, name), minimum)
+        if self.learning_rate is not None:
+            typed["learning_rate"] = as_float("learning_rate", self.learning_rate, above=0)
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)  # frozen dataclass: store the converted value
 
     def override(self, **values: object) -> Profile:
         """This profile with the given fields replaced; None values leave a field as it is."""

@@ -34,6 +34,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
+from fedfms.core.options import as_int
 from fedfms.core.wire import BUNDLE_IN_APP, BYTES_SENT, EVALUATE_CONFIG, FROZEN_SHA256, TEST_DICE, TRAIN_LOSS, VAL_DICE
 
 from .bundle_network import config_files, uses_sam_checkpoint
@@ -89,9 +90,8 @@ class BundleExecutor(Executor):
         validate_task_name: str = AppConstants.TASK_VALIDATION,
     ):
         super().__init__()
-        if local_epochs < 1:
-            raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
-        self.dataset, self.bundle_root, self.local_epochs = dataset, bundle_root, local_epochs
+        self.dataset, self.bundle_root = dataset, bundle_root
+        self.local_epochs = as_int("local_epochs", local_epochs, minimum=1)
         self.overrides, self.site_folders = overrides, site_folders  # as given: NVFlare's Job API writes them back
         self.evaluate_workflow = evaluate_workflow
         self.analytic_sender_id = analytic_sender_id

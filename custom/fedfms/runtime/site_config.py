@@ -74,7 +74,8 @@ def _site_values(workspace_root: str | Path, environ: Mapping[str, str]) -> Tupl
 def _checkpoint(values: Mapping[str, str], source: str) -> Optional[Path]:
     checkpoint = Path(values["sam_checkpoint"]) if values.get("sam_checkpoint") else None
     if checkpoint is not None and not checkpoint.is_file():
-        raise SiteConfigError(f"SAM checkpoint {checkpoint} (configured by {source}) does not exist")
+        what = "is a folder, expected a PyTorch checkpoint file" if checkpoint.is_dir() else "does not exist"
+        raise SiteConfigError(f"SAM checkpoint {checkpoint} (configured by {source}) {what}")
     return checkpoint
 
 
@@ -108,7 +109,8 @@ def resolve_site_config(
             f"or set {ENV_DATA_ROOT} to the folder that holds {dataset}/{data_folder}/datalist.json"
         )
     if not datalist.is_file():
-        raise SiteConfigError(f"datalist {datalist} (configured by {source}) does not exist")
+        what = "is a folder, expected its datalist.json file" if datalist.is_dir() else "does not exist"
+        raise SiteConfigError(f"datalist {datalist} (configured by {source}) {what}")
     checkpoint = _checkpoint(values, source)
     device = values.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
     return SiteConfig(datalist, checkpoint, device, source)
