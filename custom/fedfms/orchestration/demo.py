@@ -69,6 +69,17 @@ class DemoOptions:
     seed: int = 1337
 
 
+def run_names(options: DemoOptions) -> Dict[str, str]:
+    """Short name of each run (tables, overlay columns, curves): the stand-in or SAM, and random (-PT)."""
+    return {"pretrained": "SAM" if options.sam_checkpoint else "stand-in", "random": "random (-PT)"}
+
+
+def weights_labels(options: DemoOptions) -> Dict[str, str]:
+    """What each run starts from, as every table, plot and summary names it."""
+    pretrained = f"SAM checkpoint {Path(options.sam_checkpoint).name}" if options.sam_checkpoint else STANDIN_LABEL
+    return {"pretrained": pretrained, "random": f"RANDOM SAM weights, seed {options.seed} (the paper's -PT ablation)"}
+
+
 def save_initial_model(bundle: Path, checkpoint: Path, path: Path) -> Path:
     """The global model the server starts from: the job's ``bundle`` built with the same builder and seed
     as TransmittedModelPersistor, saved like NVFlare's PTFileModelPersistor files ({"model": state_dict})."""
@@ -159,18 +170,16 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     weights_dir = out / "weights"
     weights_dir.mkdir(exist_ok=True)
     standin: Optional[dict] = None
+    labels, short = weights_labels(options), run_names(options)
     if options.sam_checkpoint:
         pretrained = Path(options.sam_checkpoint).resolve()
-        labels = {"pretrained": f"SAM checkpoint {pretrained.name}"}
     else:
         recipe = StandInRecipe(model_type=profile.model_type, image_size=profile.image_size, seed=options.seed)
         cached = standin_checkpoint(recipe)
         pretrained = copy_file_atomic(cached, weights_dir)
-        labels = {"pretrained": STANDIN_LABEL}
         standin = {"label": STANDIN_LABEL, "recipe": asdict(recipe), "cache_file": str(cached), "file": str(pretrained)}
     random_weights = write_random_sam_checkpoint(weights_dir / f"sam_{profile.model_type}_random_seed{options.seed}.pth",
                                                  profile.model_type, options.seed)
-    labels["random"] = f"RANDOM SAM weights, seed {options.seed} (the paper's -PT ablation)"
     checkpoints = {"pretrained": pretrained, "random": random_weights}
     timings["weights"] = time.perf_counter() - step
 
@@ -214,7 +223,6 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
 
     log.info("6/6 pictures -> %s, %s", out / "overlays.png", out / "learning_curve.png")
     step = time.perf_counter()
-    short = {"pretrained": "SAM" if options.sam_checkpoint else "stand-in", "random": "random (-PT)"}
     held_datalist = out / "data" / "prostate" / options.held_out / "datalist.json"
     samples = overlay_samples(held_datalist)
     predictions: Dict[str, List[np.ndarray]] = {}
