@@ -6,7 +6,7 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
 2. SAM weights in OUT/weights: without --sam-checkpoint, a STAND-IN for SAM's SA-1B weights, the tiny
-   SAM pretrained by fedfms on synthetic shapes (not on medical images; about a minute the first time,
+   SAM pretrained by fedfms on synthetic shapes (not on medical images; a few minutes of CPU the first time,
    then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
 3. writes the FedMSA prostate job with the demo profile (tiny encoder, 64 px, a few rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and

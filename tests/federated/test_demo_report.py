@@ -4,6 +4,7 @@ masks come from the held-out site's data at its source size (the whole demo runs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -81,3 +82,14 @@ def test_predicted_masks_are_binary_at_the_source_size(demo_data, sam_checkpoint
     for sample, mask in zip(samples, masks):
         assert mask.shape == np.load(sample["label"]).shape and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_demo_help_names_the_standin_and_the_random_run(capsys):
+    spec = importlib.util.spec_from_file_location("demo_tool", REPO / "tools" / "demo.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0
+    assert "STAND-IN for SAM's SA-1B weights" in text and "-PT" in text and "--sam-checkpoint" in text

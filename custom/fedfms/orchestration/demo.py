@@ -271,7 +271,6 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "and sam_vit_b_01ec64.pth in local/fedfms_site.json (or FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT), and "
         "run jobs/fedmsa_prostate (ViT-B, 1024 px, 100 rounds) on GPUs; see README, 'Federated jobs'.",
     ]
-    table = headline
     markdown = ["# fedfms demo: FedMSA on SYNTHETIC prostate MRI, pretrained vs random SAM weights", "",
                 f"## Held-out site {options.held_out}, before and after federation", "", headline,
                 *(f"- {n}" for n in notes), "", "![overlays](overlays.png)", "", "![learning curves](learning_curve.png)", ""]
@@ -290,7 +289,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1), "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "notes": notes,
     })
-    tables = table + "\n" + "\n".join(f"Every site, {short[name]}:\n{site_tables[name]}" for name in RUNS)
+    tables = headline + "\n" + "\n".join(f"Every site, {short[name]}:\n{site_tables[name]}" for name in RUNS)
     return {"table": tables, "notes": notes, "files": [out / "summary.md", out / "summary.json", curve, overlays]}
 
 
