@@ -75,6 +75,8 @@ class TrainingSitesScatterAndGather(ScatterAndGather):
                                   f"of a {total}-round job", fl_ctx)
                 return
             self.log_info(fl_ctx, f"resuming {self.resume_from} at round {start} of {total}")
+            # ScatterAndGather keeps its round range in private attributes, read from here on (NVFlare 2.9;
+            # tests/federated/test_library_internals.py fails if that changes)
             self._start_round, self._num_rounds = start, total - start
         super().start_controller(fl_ctx)
 

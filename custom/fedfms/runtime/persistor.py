@@ -49,11 +49,14 @@ class TransmittedModelPersistor(PTFileModelPersistor):
     Args:
         bundle_root: bundle folder relative to the app root (the job carries the bundle configs).
         overrides: further bundle config overrides (on top of configs/job.json).
-        kwargs: passed to PTFileModelPersistor (file names, source_ckpt_file_full_name, load_device, ...).
+        source_ckpt_file_full_name: PTFileModelPersistor's: start from this saved global model (resume).
+        kwargs: passed to PTFileModelPersistor (file names, load_device, ...).
     """
 
-    def __init__(self, bundle_root: str = BUNDLE_IN_APP, overrides: Optional[Mapping[str, object]] = None, **kwargs):
-        super().__init__(model=None, **kwargs)
+    def __init__(self, bundle_root: str = BUNDLE_IN_APP, overrides: Optional[Mapping[str, object]] = None,
+                 source_ckpt_file_full_name: Optional[str] = None, **kwargs):
+        # source_ckpt_file_full_name is declared so that NVFlare's Job API writes it into the job config
+        super().__init__(model=None, source_ckpt_file_full_name=source_ckpt_file_full_name, **kwargs)
         self.bundle_root = bundle_root
         self.overrides = overrides  # as given: NVFlare's Job API writes it back
         self.names: frozenset[str] = frozenset()
