@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from numbers import Integral, Real
+from numbers import Real
 from typing import Deque, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
