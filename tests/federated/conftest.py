@@ -112,7 +112,7 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
         nvflare = Path(sys.executable).with_name("nvflare")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
         result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", "3"],
-                                capture_output=True, text=True, env=env, timeout=600)
+                                capture_output=True, text=True, env=env, timeout=1500)
         log = result.stdout + result.stderr
         server = workspace / "server" / "simulate_job"
         if expect_success:

@@ -46,6 +46,7 @@ def _wait(condition, timeout: float, what: str):
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(2400)  # two jobs and a server restart
 def test_server_crash_then_resume_in_poc_mode(tmp_path, data_root, sam_checkpoint, small_settings, small_sites):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
     env["HOME"] = str(tmp_path / "home")

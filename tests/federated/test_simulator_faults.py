@@ -108,6 +108,7 @@ def test_a_hung_site_is_waited_for_once(run_simulator, small_settings):
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(2400)  # two simulator runs
 def test_a_resumed_job_continues_from_the_saved_model_and_report(run_simulator, small_settings):
     """Job 1 runs rounds 0-1; job 2 (resume_from = job 1's server run folder, 4 rounds in all) trains
     rounds 2-3 from job 1's last global model, its report keeping job 1's rounds as they were."""
