@@ -73,7 +73,7 @@ def test_server_crash_then_resume_in_poc_mode(tmp_path, data_root, sam_checkpoin
     server = kits["server"].parent
     stopped = False
     try:
-        cli("poc", "start", timeout=600)
+        cli("poc", "start", "--timeout", "300", timeout=600)
         job_id = UUID.search(cli("job", "submit", "-j", str(job))[1]).group(0)
         run_dir = server / job_id
         rounds_file = run_dir / ROUNDS_FILE
