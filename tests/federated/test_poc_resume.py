@@ -81,7 +81,7 @@ def test_server_crash_then_resume_in_poc_mode(tmp_path, data_root, sam_checkpoin
 
         # the crash: the server process and the job's server process die (POC's daemon restarts the server)
         old_server = int((server / "pid.fl").read_text())
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+        ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
         job_process = [int(line.split()[0]) for line in ps.splitlines()[1:]
                        if "runner_process" in line and f"-m {server} " in line and job_id in line]
         assert len(job_process) == 1, ps
