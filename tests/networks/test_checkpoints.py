@@ -111,6 +111,20 @@ def test_checkpoint_with_missing_and_extra_keys(tmp_path):
         SAMSegmenter(model_type="vit_tiny", checkpoint=path)
 
 
+def test_checkpoint_with_nan_values(tmp_path):
+    state = SAMSegmenter(model_type="vit_tiny").state_dict()
+    state["mask_decoder.iou_token.weight"][0, 0] = float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"diverged.pth holds NaN/inf values in 1 tensors: mask_decoder.iou_token.weight"):
+        SAMSegmenter(model_type="vit_tiny", checkpoint=path)
+    target = MSASegmenter(model_type="vit_tiny", image_size=64)
+    sent = transmitted_state(target)
+    sent[next(iter(sent))] = torch.full_like(next(iter(sent.values())), float("inf"))
+    with pytest.raises(CheckpointError, match="state from round 3 holds NaN/inf values"):
+        load_partial_state(target, sent, "round 3")
+
+
 def test_partial_state_loads_and_rejects_foreign_keys():
     source = MSASegmenter(model_type="vit_tiny", image_size=64)
     target = MSASegmenter(model_type="vit_tiny", image_size=64)
