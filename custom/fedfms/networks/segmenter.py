@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from .adapters import AdaptedBlock
+from .attention import ATTENTION_CHOICES, use_sdpa_attention
 from .checkpoint import load_sam_checkpoint
 from .configs import PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
 
@@ -40,6 +41,9 @@ class PromptFreeSegmenter(nn.Module):
         image_size: input side S, a multiple of 16; the position embedding is interpolated when S != 1024.
         checkpoint: path to an official SAM checkpoint of the same model_type, or None for random init.
         activation_checkpointing: recompute encoder blocks in the backward pass to save memory.
+        attention: "sdpa" computes the encoder's attention with ``F.scaled_dot_product_attention``
+            (``attention.SDPAttention``: no score matrix is stored, same result); "sam" keeps
+            segment_anything's own ``Attention``.
 
     Subclasses decide which parameters train (``is_trainable``); everything else is frozen.
     """
@@ -51,15 +55,20 @@ class PromptFreeSegmenter(nn.Module):
         image_size: int = SAM_IMAGE_SIZE,
         checkpoint: Optional[Union[str, Path]] = None,
         activation_checkpointing: bool = False,
+        attention: str = "sdpa",
     ) -> None:
         super().__init__()
         config = encoder_config(model_type)
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+        if not isinstance(activation_checkpointing, bool):  # a config string 'false' would be truthy
+            raise ValueError(f"activation_checkpointing must be a bool, got {activation_checkpointing!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if image_size <= 0 or image_size % PATCH_SIZE:
             raise ValueError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
         self.model_type, self.num_classes, self.image_size = model_type, num_classes, image_size
-        self.activation_checkpointing = activation_checkpointing
+        self.activation_checkpointing, self.attention = activation_checkpointing, attention
 
         self.image_encoder = ImageEncoderViT(
             img_size=SAM_IMAGE_SIZE,
@@ -75,6 +84,8 @@ class PromptFreeSegmenter(nn.Module):
             window_size=config.window_size,
             global_attn_indexes=config.global_attn_indexes,
         )
+        if attention == "sdpa":
+            use_sdpa_attention(self.image_encoder)
         grid = SAM_IMAGE_SIZE // PATCH_SIZE
         self.prompt_encoder = PromptEncoder(
             embed_dim=PROMPT_EMBED_DIM,
