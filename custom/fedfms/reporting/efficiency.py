@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from fedfms.bundle.precision import resolve_precision
 from fedfms.networks import NETWORKS, transmitted_state
@@ -95,10 +95,16 @@ def flop_counter() -> FlopCounterMode:
 
     Its registry covers the CUDA SDPA kernels only; the CPU ops are torch internals (aten names), so
     tests/networks/test_efficiency.py checks the count of one SDPA call against the formula."""
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:  # shapes, as for the CUDA ops
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
     ops = torch.ops.aten
     return FlopCounterMode(display=False, custom_mapping={
-        ops._scaled_dot_product_flash_attention_for_cpu: sdpa_flop,
-        ops._scaled_dot_product_flash_attention_for_cpu_backward: sdpa_backward_flop,
+        ops._scaled_dot_product_flash_attention_for_cpu: forward,
+        ops._scaled_dot_product_flash_attention_for_cpu_backward: backward,
     })
 
 
