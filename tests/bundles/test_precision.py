@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
 
 from fedfms.bundle import precision
 from fedfms.bundle.precision import AutocastInferer, Precision, parse_amp, resolve_precision
@@ -97,10 +99,12 @@ def test_amp_training_keeps_float32_weights(small_datalist, tiny_sam_checkpoint,
     assert trainer.amp is False and trainer.optim_set_to_none  # bfloat16 needs no GradScaler
     seen = []
     network.image_encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    outputs = []  # what the loss saw, before MONAI decollates the batch
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda engine: outputs.append(
+        (engine.state.output[Keys.PRED].dtype, engine.state.output[Keys.LOSS].dtype)))
     before = {k: v.clone() for k, v in network.state_dict().items()}
     trainer.run()
-    assert torch.bfloat16 in seen and trainer.state.output["pred"].dtype == torch.float32
-    assert trainer.state.output["loss"].dtype == torch.float32
+    assert torch.bfloat16 in seen and outputs == [(torch.float32, torch.float32)]
     assert workflow.evaluator.state.metrics["val_dice"] >= 0  # validation ran under the same inferer
     changed = [k for k, v in network.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "nothing trained"
