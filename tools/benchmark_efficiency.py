@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps (and predictions) after one counted warm-up step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--sam-checkpoint", default=None, help="official SAM weights (timing does not depend on them)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per row (default torch's: one per core); 1 keeps a shared machine's "
+                             "load from stalling multi-threaded kernels")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per row; a row over it is reported, not measured")
     parser.add_argument("--dry-run", action="store_true", help="print the rows that would be measured and exit")
     parser.add_argument("--out", type=Path, default=Path("efficiency"), help="output folder")
@@ -94,7 +97,8 @@ def main() -> None:
     results = []
     for config, model_type, batch in tqdm(rows, desc="measuring", unit="row"):
         results.append(measure(config, model_type, args.image_size, timeout=args.timeout, batch_size=batch,
-                               steps=args.steps, device=args.device, checkpoint=args.sam_checkpoint))
+                               steps=args.steps, device=args.device, checkpoint=args.sam_checkpoint,
+                               threads=args.threads))
         tqdm.write(f"{config} {model_type} batch {batch}: {results[-1].status}")
     table = markdown_table(results)
     command = shlex.join(["python", "tools/benchmark_efficiency.py", *sys.argv[1:]])

@@ -4,7 +4,7 @@ under bfloat16 autocast, and print the test Dice of both (the check that mixed p
 result within 0.01 Dice). Writes OUT/precision_comparison.{md,json}; each run's logs and outputs are in
 OUT/<precision>/.
 
-    python tools/compare_precision.py --out amp_check            # vit_tiny, 64 px, 5 epochs, CPU, ~10 min
+    python tools/compare_precision.py --out amp_check            # vit_tiny, 64 px, 3 epochs, batch 8, CPU
 
 The demo data (tools/make_demo_data.py) are written to OUT/data unless --data-root names them.
 Exit status 1 if a Dice differs from float32's by more than --tolerance."""
@@ -32,8 +32,8 @@ def main() -> int:
                         help="the first is the reference (default: float32 bfloat16; float16 needs CUDA)")
     parser.add_argument("--model-type", default="vit_tiny")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="the demo profile's (default 1e-3)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest accepted Dice difference")

@@ -138,11 +138,15 @@ def measure_in_process(
     steps: int = 3,
     device: str = "cpu",
     checkpoint: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> EfficiencyResult:
     """Measure the configuration named ``config`` (a key of CONFIGURATIONS) in the current process;
     ``measure`` runs it in a clean one. One counted training step (it also warms up) comes first,
-    then ``steps`` timed steps, then ``steps`` timed predictions of one image."""
+    then ``steps`` timed steps, then ``steps`` timed predictions of one image. ``threads``: CPU threads
+    (torch.set_num_threads; default torch's choice)."""
     spec = CONFIGURATIONS[config]
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(1337)
     dev = torch.device(device)
     precision = resolve_precision(spec.amp, spec.amp_dtype, dev)
