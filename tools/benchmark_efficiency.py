@@ -108,8 +108,9 @@ def main() -> None:
     with atomic_path(args.out / "efficiency.json") as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=2))
     with atomic_path(args.out / "efficiency.md") as tmp:
-        Path(tmp).write_text(f"{table}\n\n'vs baseline': the row's step-time speed-up and peak-memory ratio against its "
-                       f"baseline row (the fp32 reference path) measured in this run.\n\nMeasured with `{command}`.\n")
+        Path(tmp).write_text(f"{table}\n\n'vs baseline': the row's training-step speed-up (by CPU time on CPU, by wall "
+                       f"time on CUDA) and peak-memory ratio against its baseline row (the fp32 reference path) "
+                       f"measured in this run.\n\nMeasured with `{command}`.\n")
     _plot(results, args.out / "efficiency.png")
     print(table)
     print(f"wrote {args.out}/efficiency.json, efficiency.md, efficiency.png")
