@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
-from fedfms.registry import PAPER, dataset_names, method_names
+from fedfms.registry import PAPER, add_compute_options, compute_overrides, dataset_names, method_names
 from fedfms.runtime.aggregation import AGGREGATIONS, ROBUST_MEANS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="noise std / clip norm (default: %(default)s)")
     parser.add_argument("--dp-delta", type=float, default=_job_default("dp_delta"),
                         help="delta of the reported (epsilon, delta) (default: %(default)s)")
+    add_compute_options(parser)
     parser.add_argument("--embed-code", action="store_true",
                         help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
     args = parser.parse_args(argv)
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_from and len(datasets) * len(methods) > 1:
         parser.error("--resume-from continues one job: give --method and --dataset")
     profile = PAPER.override(rounds=args.rounds, local_epochs=args.local_epochs, model_type=args.model_type,
-                             image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate)
+                             image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             **compute_overrides(args))
     jobs = [JobSettings(method, dataset, profile, held_out=tuple(args.held_out), min_clients=args.min_clients,
                         wait_time_after_min_received=args.wait_time_after_min_received, train_timeout=args.train_timeout,
                         cross_site_eval_timeout=args.cross_site_eval_timeout,
