@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
+from fedfms.orchestration.transfer import add_transfer_arguments, transfer_settings
 from fedfms.registry import PAPER, dataset_names, method_names
 from fedfms.runtime.aggregation import AGGREGATIONS
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fedavg (the paper's, default) or fedsca (similarity-guided weights, our interpretation)")
     parser.add_argument("--fedsca-temperature", type=float, default=_job_default("fedsca_temperature"),
                         help="FedSCA softmax temperature (default: %(default)s)")
-    parser.add_argument("--half-precision", action="store_true", help="send models as float16 both ways (half the bytes)")
+    add_transfer_arguments(parser)  # --half-precision, --compression, --topk-fraction, --partial-upload-blocks, ...
     parser.add_argument("--embed-code", action="store_true",
                         help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
     args = parser.parse_args(argv)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         wait_time_after_min_received=args.wait_time_after_min_received, train_timeout=args.train_timeout,
                         reject_bad_updates=args.reject_bad_updates, outlier_factor=args.outlier_factor,
                         aggregation=args.aggregation, fedsca_temperature=args.fedsca_temperature,
-                        half_precision=args.half_precision,
+                        **transfer_settings(args),
                         name=args.name if len(datasets) * len(methods) == 1 else None)
             for dataset in datasets for method in methods]
     for settings in tqdm(jobs, desc="jobs", unit="job", disable=len(jobs) == 1):

@@ -42,7 +42,6 @@ from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from nvflare.job_config.api import FedJob
-from nvflare.job_config.defs import FilterType
 
 from fedfms.core.io import staged_directory, write_json_atomic
 from fedfms.core.wire import BUNDLE_IN_APP, JOB_CONFIG, VAL_DICE
@@ -51,8 +50,9 @@ from fedfms.runtime.aggregation import AGGREGATIONS, FEDSCA_TEMPERATURE, OUTLIER
 from fedfms.runtime.controller import TrainingSitesScatterAndGather
 from fedfms.runtime.executor import BundleExecutor
 from fedfms.runtime.persistor import TransmittedModelPersistor
-from fedfms.runtime.precision import ToFullPrecision, ToHalfPrecision
 from fedfms.runtime.report import JobReport
+
+from .transfer import check_transfer, transfer_filters
 
 _CLIENT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 TASKS = ["train", "validate"]
@@ -89,6 +89,14 @@ class JobSettings:
         FedSCA). "fedsca" always uses the GuardedAggregator.
     half_precision: models travel as float16 both ways (filters in ``fedfms.runtime.precision``):
         half the bytes, rounding error 2**-11 relative per value. Off by default (the paper's float32).
+    compression: "int8": sites send their update (trained - received) as int8 with a scale per
+        ``compression_scale`` ("channel" or "tensor") and error feedback; with ``compress_download`` the
+        global model goes to the sites the same way, as a delta against the previous one. "none" (default).
+    topk_fraction: with int8, send only this fraction of each tensor's entries (largest first; the rest
+        waits in the error feedback). 0 = all.
+    partial_upload_blocks: K: sites send only the tensors of the first K encoder blocks (FedMSA: their
+        adapters) plus decoder and head; the server keeps the global values of the rest (FedSCA's
+        partial upload, our interpretation). None = all. See ``fedfms.runtime.compression``.
     """
 
     method: str
@@ -107,6 +115,11 @@ class JobSettings:
     aggregation: str = AGGREGATIONS[0]
     fedsca_temperature: float = FEDSCA_TEMPERATURE
     half_precision: bool = False
+    compression: str = "none"
+    compression_scale: str = "channel"
+    topk_fraction: float = 0.0
+    compress_download: bool = True
+    partial_upload_blocks: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.method not in method_names(federated=True):
@@ -121,6 +134,7 @@ class JobSettings:
             raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
         if not self.train_sites:
             raise ValueError("at least one site must train")
+        check_transfer(self)
 
     @property
     def job_name(self) -> str:
@@ -147,10 +161,10 @@ class JobSettings:
 
 
 def _aggregator(s: JobSettings):
-    if not s.reject_bad_updates and s.aggregation == "fedavg":
+    if not s.reject_bad_updates and s.aggregation == "fedavg" and s.partial_upload_blocks is None:
         return InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=True)
     return GuardedAggregator(outlier_factor=s.outlier_factor if s.reject_bad_updates else 0.0, aggregation=s.aggregation,
-                             temperature=s.fedsca_temperature)
+                             temperature=s.fedsca_temperature, upload_blocks=s.partial_upload_blocks)
 
 
 def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_code: bool = False) -> FedJob:
@@ -190,13 +204,10 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
                    tasks=TASKS)
     job.to_clients(TBWriter(), id="analytic_sender")
     job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed")
-    if s.half_precision:
-        # The global model leaves the server as float16; site results are back to float32 before the
-        # aggregator sees them; likewise at the sites.
-        job.to_server(ToHalfPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
-        job.to_server(ToFullPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
-        job.to_clients(ToFullPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
-        job.to_clients(ToHalfPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+    # float16 / int8 transfer and partial upload: one chain per side and direction (fedfms.orchestration.transfer)
+    for side, kind, filters in transfer_filters(s):
+        for f in filters:
+            (job.to_server if side == "server" else job.to_clients)(f, filter_type=kind, tasks=TASKS)
 
     bundle_dir = str(Path(BUNDLE_IN_APP).relative_to("config"))
     job.add_file_to_clients(str(bundle_configs), dest_dir=f"{bundle_dir}/configs", app_folder_type="config")

@@ -20,16 +20,18 @@ The pure functions (:func:`check_update`, :func:`update_distances`, :func:`outli
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Collection, Dict, Mapping, Optional
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.app_constant import AppConstants
+
+from .codec import upload_names
 
 Weights = Mapping[str, np.ndarray]
 #: aggregation name -> what sets each site's weight (besides n_k, which NVFlare multiplies in)
@@ -41,13 +43,15 @@ OUTLIER_FACTOR, FEDSCA_TEMPERATURE = 5.0, 0.1
 REJECTED_UPDATES = "fedfms_rejected_updates"
 
 
-def check_update(weights: Weights, reference: Weights) -> Optional[str]:
+def check_update(weights: Weights, reference: Weights, names: Optional[Collection[str]] = None) -> Optional[str]:
     """Why ``weights`` cannot be aggregated with ``reference`` (the global model), or None if it can:
-    tensor names differ, a shape differs, or a value is NaN/inf. The reason names the tensors."""
-    unexpected, missing = sorted(set(weights) - set(reference)), sorted(set(reference) - set(weights))
+    tensor names differ from ``names`` (default: the global model's; partial upload: the subset sites
+    send), a shape differs, or a value is NaN/inf. The reason names the tensors."""
+    names = set(reference) if names is None else set(names)
+    unexpected, missing = sorted(set(weights) - names), sorted(names - set(weights))
     if unexpected or missing:
-        return f"tensor names differ from the global model (unexpected: {unexpected[:5]}, missing: {missing[:5]})"
-    for name in sorted(reference):
+        return f"tensor names differ from the global model's sent tensors (unexpected: {unexpected[:5]}, missing: {missing[:5]})"
+    for name in sorted(names):
         value = np.asarray(weights[name])
         if value.shape != np.shape(reference[name]):
             return f"tensor {name} has shape {value.shape}, the global model's is {np.shape(reference[name])}"
@@ -59,7 +63,7 @@ def check_update(weights: Weights, reference: Weights) -> Optional[str]:
 def _flat_update(weights: Weights, reference: Weights) -> np.ndarray:
     """The update w_k - w_global over all floating-point tensors, as one float64 vector."""
     parts = [np.asarray(weights[n], np.float64).ravel() - np.asarray(reference[n], np.float64).ravel()
-             for n in sorted(reference) if np.issubdtype(np.asarray(reference[n]).dtype, np.floating)]
+             for n in sorted(set(reference) & set(weights)) if np.issubdtype(np.asarray(reference[n]).dtype, np.floating)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -103,6 +107,9 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         min_sites_for_outliers: the outlier test needs at least this many valid results in the round.
         aggregation: "fedavg" (weights n_k) or "fedsca" (weights n_k x softmax(similarity / temperature)).
         temperature: FedSCA softmax temperature (cosine similarities lie in [-1, 1]).
+        upload_blocks: partial upload (``codec.upload_names``): results must hold exactly the tensors of the
+            first ``upload_blocks`` encoder blocks, decoder and head; the aggregate keeps the global model's
+            values of the others. None: results hold every tensor of the global model.
         args, kwargs: InTimeAccumulateWeightedAggregator's (expected_data_kind must be WEIGHTS); both
             declared so that NVFlare's Job API writes them into the job config.
 
@@ -110,7 +117,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
     """
 
     def __init__(self, *args, outlier_factor: float = OUTLIER_FACTOR, min_sites_for_outliers: int = 3,
-                 aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE, **kwargs):
+                 aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE,
+                 upload_blocks: Optional[int] = None, **kwargs):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
         if temperature <= 0:
@@ -123,6 +131,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         self.min_sites_for_outliers = int(min_sites_for_outliers)
         self.aggregation = aggregation
         self.temperature = float(temperature)
+        self.upload_blocks = upload_blocks
+        upload_names((), upload_blocks)  # ValueError for a negative block count
         self._held: Dict[str, Shareable] = {}
         self._rejected: Dict[str, str] = {}
 
@@ -156,7 +166,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         if dxo.data_kind != DataKind.WEIGHTS:
             reason = f"data kind {dxo.data_kind}, expected {DataKind.WEIGHTS}"
         else:
-            reason = check_update(dxo.data or {}, self._global_weights(fl_ctx))
+            reference = self._global_weights(fl_ctx)
+            reason = check_update(dxo.data or {}, reference, upload_names(reference, self.upload_blocks))
         if reason:
             self._reject(site, reason, fl_ctx)
             return False
@@ -194,4 +205,10 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
             aggregator.aggregation_weights = weights
         for site in results:
             super().accept(held[site], fl_ctx)
-        return super().aggregate(fl_ctx)
+        aggregate = super().aggregate(fl_ctx)
+        if self.upload_blocks is None:
+            return aggregate
+        # FullModelShareableGenerator replaces the global weights by the aggregate: add the unsent tensors
+        dxo = from_shareable(aggregate)
+        kept = {n: v for n, v in reference.items() if n not in dxo.data}
+        return DXO(DataKind.WEIGHTS, {**kept, **dxo.data}, dxo.meta).update_shareable(aggregate)
