@@ -5,7 +5,11 @@ in its own process. Writes OUT/efficiency.json, OUT/efficiency.md and OUT/effici
 
 The paper's comparison (Table 2) is ViT-B at 1024 px, batch 1 here:
     python tools/benchmark_efficiency.py --model-type vit_b --image-size 1024 --out efficiency_vit_b_1024
-(about 20 s per step for each model on a 2-core CPU). The default is a quick ViT-B run at 256 px."""
+(about 20 s per step for each model on a 2-core CPU). The default is a quick ViT-B run at 256 px.
+
+It also measures the bytes a site sends and receives per round under each transfer option (float32,
+float16, int8 deltas, top-k, partial upload: fedfms.orchestration.transfer.EXAMPLES), running the jobs'
+own filter chains in process (about a minute at ViT-B)."""
 
 import argparse
 import json
@@ -14,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedfms.core.io import save_figure_atomic, write_text_atomic
+from fedfms.orchestration.transfer import transfer_markdown, transfer_table
 from fedfms.reporting.efficiency import markdown_table, measure
 
 
@@ -65,7 +70,11 @@ def main() -> None:
     command = "python tools/benchmark_efficiency.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "activation_checkpointing"
     ) + (" --activation-checkpointing" if args.activation_checkpointing else "")
-    write_text_atomic(args.out / "efficiency.json", json.dumps({"command": command, "results": [r.as_dict() for r in results]}, indent=2))
+    # bytes each way per site and round under each transfer option (float16, int8, top-k, partial upload)
+    transfer = transfer_table(model_type=args.model_type)
+    table += "\n\nBytes per site and round by transfer option:\n\n" + transfer_markdown(transfer)
+    write_text_atomic(args.out / "efficiency.json", json.dumps({"command": command, "results": [r.as_dict() for r in results],
+                                                                "transfer": transfer}, indent=2))
     write_text_atomic(args.out / "efficiency.md", f"{table}\n\n{ratios}\n\nMeasured with `{command}`.\n")
     _plot(results, args.out / "efficiency.png")
     print(table)

@@ -5,6 +5,7 @@ payload written from its documentation (fedfms.runtime.codec, README 'Efficiency
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -361,3 +362,82 @@ def test_partial_upload_aggregates_sent_tensors_by_n_k_and_keeps_the_rest_at_glo
             np.testing.assert_allclose(aggregate[k], expected, rtol=1e-6, atol=1e-7)
         else:
             assert np.array_equal(aggregate[k], glob[k])
+
+
+# -- simulator runs: every option audited on the wire ------------------------------------------------
+def _audit(audit: Path, site: str, direction: str, task: str, index: int) -> tuple[dict, dict]:
+    """(arrays, {"kind", "meta"}) of one recorded message (fedfms_audit.AuditFilter)."""
+    stem = f"{site}.{direction}.{task}.{index}"
+    with np.load(audit / f"{stem}.npz") as arrays:
+        return {k: arrays[k] for k in arrays.files}, json.loads((audit / f"{stem}.json").read_text())
+
+
+def _global(run) -> dict:
+    import torch
+
+    return {k: v.numpy() for k, v in torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"].items()}
+
+
+def test_simulator_int8_top_k_partial_upload_on_the_wire_and_fedavg_of_the_decoded_updates(run_simulator, small_settings, small_sites):
+    from fedfms.networks import MSASegmenter
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = run_simulator(small_settings("fedmsa", compression="int8", topk_fraction=0.3, partial_upload_blocks=1), audit=True)
+    state = MSASegmenter(model_type="vit_tiny", image_size=64).state_dict()
+    names = set(MSASegmenter(model_type="vit_tiny", image_size=64).transmitted_keys())
+    sent, held = set(upload_names(names, 1)), names - set(upload_names(names, 1))
+    assert held and all(".blocks.1." in n for n in held)
+    sizes = {site.replace(".", "_"): n for site, n in small_sites.items()}
+
+    glob = None
+    for round_ in (0, 1):
+        uploads = {}
+        for site, n in sizes.items():
+            down, down_record = _audit(run.audit, site, "in", "train", round_)
+            if round_ == 0:  # the full float32 model, exactly the transmitted tensors
+                assert down_record["kind"] == "WEIGHTS" and set(down) == names
+                assert all(down[k].dtype == np.float32 and down[k].shape == tuple(state[k].shape) for k in names)
+                glob = glob or {k: v.astype(np.float64) for k, v in down.items()}
+            else:  # an int8 delta of what changed: nothing of the held-back tensors
+                layout = down_record["meta"][CODEC]
+                assert down_record["kind"] == "APP_DEFINED" and payload_names(down) <= sent
+                assert {str(v.dtype) for v in down.values()} == {"int8", "float32", "uint8"}
+                assert all(tuple(layout["shapes"][k]) == tuple(state[k].shape) for k in layout["shapes"])
+            up, up_record = _audit(run.audit, site, "out", "train", round_)
+            layout = up_record["meta"][CODEC]
+            assert up_record["kind"] == "APP_DEFINED" and payload_names(up) == sent and layout["fraction"] == 0.3
+            assert {str(v.dtype) for v in up.values()} == {"int8", "float32", "uint8"}
+            assert {k: tuple(s) for k, s in layout["shapes"].items()} == {k: tuple(state[k].shape) for k in sent}
+            assert up_record["meta"]["NUM_STEPS_CURRENT_ROUND"] == n
+            uploads[site] = read_delta(up, layout)
+            traffic = run.rounds[round_]["traffic"][site]
+            assert abs(traffic["bytes_up"] - up_record["meta"]["bytes_sent"]) < 100  # server-measured = site-reported
+        # FedAvg of (global model + decoded update), weighted by n_k, on the sent tensors; the rest stays
+        total = sum(sizes.values())
+        glob = {k: v + sum(uploads[s][k] * n for s, n in sizes.items()) / total if k in sent else v for k, v in glob.items()}
+    final = _global(run)
+    for k in names:
+        if k in held:
+            assert np.array_equal(final[k], glob[k].astype(np.float32)), k
+        else:
+            np.testing.assert_allclose(final[k], glob[k], rtol=1e-5, atol=1e-6)
+
+    # cross-site evaluation gets whole float32 models
+    for site in sizes:
+        model, record = _audit(run.audit, site, "in", "validate", 0)
+        assert record["kind"] == "WEIGHTS" and set(model) == names and {v.dtype for v in model.values()} == {np.dtype(np.float32)}
+
+    # bytes each way per site and round: report, log, TensorBoard
+    full = sum(v.nbytes for v in _audit(run.audit, "HK", "in", "train", 0)[0].values())
+    for round_, entry in enumerate(run.rounds):
+        for site, traffic in entry["traffic"].items():
+            assert (full < traffic["bytes_down"] < full * 1.01) if round_ == 0 else traffic["bytes_down"] < full / 4
+            assert traffic["bytes_up"] < full / 4
+    assert "round 1: HK: loss" in run.log and " up " in run.log and " down " in run.log
+    assert f"sending {len(sent)} of {len(names)} tensors as int8 per channel, top-0.3" in run.log  # the site log
+    assert "received the global model as int8 delta (0.3)" in run.log
+    streams = [EventAccumulator(str(folder)).Reload() for folder in (run.server / "tb_events").iterdir()]
+    (server,) = [e for e in streams if "bytes_up/HK" in e.Tags()["scalars"]]
+    assert {f"bytes_{d}/{s}" for d in ("up", "down") for s in sizes} <= set(server.Tags()["scalars"])
+    assert [(e.step, e.value) for e in server.Scalars("bytes_up/HK")] == [
+        (r, pytest.approx(run.rounds[r]["traffic"]["HK"]["bytes_up"], rel=1e-6)) for r in (0, 1)]

@@ -30,11 +30,11 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.job_config.defs import FilterType
 
 from fedfms.networks import encoder_config
-from fedfms.registry import get_method
+from fedfms.registry import PAPER, get_method
 from fedfms.runtime.codec import SCALE_MODES
 from fedfms.runtime.compression import COMPRESSIONS, ReceiveGlobalModel, ReceiveUpdate, SendGlobalModel, SendUpdate
 from fedfms.runtime.precision import ToFullPrecision, ToHalfPrecision
-from fedfms.runtime.selection import serialized_size
+from fedfms.runtime.selection import select_outgoing, serialized_size, transmitted_names
 
 if TYPE_CHECKING:
     from .jobs import JobSettings
@@ -42,6 +42,15 @@ if TYPE_CHECKING:
 #: the JobSettings fields this module reads, in the order of their flags
 FIELDS = ("half_precision", "compression", "compression_scale", "topk_fraction", "compress_download",
           "partial_upload_blocks")
+#: the transfer options the efficiency benchmark and README compare (JobSettings keyword arguments)
+EXAMPLES: Dict[str, Dict[str, object]] = {
+    "float32 (paper)": {},
+    "float16": {"half_precision": True},
+    "int8": {"compression": "int8"},
+    "int8, top-k 0.2": {"compression": "int8", "topk_fraction": 0.2},
+    "int8, partial upload K=1": {"compression": "int8", "partial_upload_blocks": 1},
+    "float32, partial upload K=4": {"partial_upload_blocks": 4},
+}
 
 
 def check_transfer(s: "JobSettings") -> None:
@@ -162,3 +171,31 @@ def transfer_sizes(s: "JobSettings", weights: Mapping[str, np.ndarray], update_s
         aggregated = run("server", FilterType.TASK_RESULT, on_wire, server, round_).data
         glob = {**glob, **{n: np.asarray(v, glob[n].dtype) for n, v in aggregated.items()}}  # one site: its model
     return sizes
+
+
+def transfer_table(methods=("fedsam", "fedmsa"), model_type: str = PAPER.model_type) -> List[Dict[str, object]]:
+    """One row per federated SAM method and transfer option of ``EXAMPLES``: {"method", "transfer",
+    "down_first", "up", "down"} in bytes per site and round (``transfer_sizes`` on the method's
+    network, random init: the tensor sizes of an official checkpoint)."""
+    from .jobs import JobSettings  # jobs imports this module
+
+    rows = []
+    for method in methods:
+        network = get_method(method).network(model_type=model_type)
+        weights = select_outgoing(network.state_dict(), transmitted_names(network), f"{method} {model_type}")
+        del network
+        for label, options in EXAMPLES.items():
+            if options.get("partial_upload_blocks", 0) >= encoder_config(model_type).depth:
+                continue
+            settings = JobSettings(method, "prostate", PAPER.override(model_type=model_type), **options)
+            rows.append({"method": method, "transfer": label, **transfer_sizes(settings, weights)})
+    return rows
+
+
+def transfer_markdown(rows: List[Dict[str, object]]) -> str:
+    """The rows of ``transfer_table`` as a markdown table (MB = 10**6 bytes; x = float32 / option, up)."""
+    full = {r["method"]: r["up"] for r in rows if r["transfer"] == next(iter(EXAMPLES))}
+    lines = ["| method | transfer | up per round | down per round | down, round 0 | up: x smaller |", "|---|---|---|---|---|---|"]
+    lines += [f"| {get_method(r['method']).label} | {r['transfer']} | {r['up'] / 1e6:.2f} MB | {r['down'] / 1e6:.2f} MB "
+              f"| {r['down_first'] / 1e6:.2f} MB | {full[r['method']] / r['up']:.1f} |" for r in rows]
+    return "\n".join(lines)
