@@ -247,8 +247,10 @@ def test_int8_both_ways_with_error_feedback_through_the_job_filters():
     wire, _ = fed.upload("A", {k: received.data[k] + second[k] for k in glob}, 3, 1)
     sent = read_delta(wire.data, wire.meta[CODEC])
     alone = read_delta(*Codec(fraction=0.3).encode(second))
+    sender = fed.chains["A"][("clients", FilterType.TASK_RESULT)][0]
+    assert isinstance(sender, SendUpdate)
     for k in glob:  # payload + new error = this update + the previous error
-        new_error = fed.chains["A"][("clients", FilterType.TASK_RESULT)][0].residual[k]
+        new_error = sender.residual[k]
         # (float32 rounding of trained - received: ulp of the weights, up to ~1e-6 here)
         np.testing.assert_allclose(sent[k] + new_error, second[k] + residual["A"][k], rtol=1e-4, atol=2e-6)
     assert any(not np.allclose(sent[k], alone[k]) for k in glob)
@@ -284,6 +286,18 @@ def test_a_site_that_lost_its_copy_refuses_the_delta_and_gets_the_full_model_aft
     assert wire.data_kind == DataKind.WEIGHTS
     # which is the sites' copy, not the server's model: everyone holds the same
     assert all(np.abs(received.data[k] - (glob[k] + 2e-3)).max() < 1e-4 for k in glob)
+
+
+def test_an_unchanged_global_model_goes_whole_and_the_next_delta_still_applies():
+    fed = Federation(JobSettings("fedmsa", "prostate", TINY, compression="int8"), ["A"])
+    glob = _tensors(60)
+    fed.download("A", glob, 0)
+    wire, received = fed.download("A", glob, 1)  # e.g. every result of round 0 rejected: no delta to send
+    assert wire.data_kind == DataKind.WEIGHTS and all(np.array_equal(received.data[k], glob[k]) for k in glob)
+    moved = {k: v + 1e-2 for k, v in glob.items()}
+    wire, received = fed.download("A", moved, 2)
+    assert wire.data_kind == DataKind.APP_DEFINED
+    assert all(np.abs(received.data[k] - moved[k]).max() <= 1e-2 / 254 * 1.01 + 1e-6 for k in glob)
 
 
 def test_partial_upload_without_int8_sends_fewer_float32_tensors():
@@ -441,3 +455,52 @@ def test_simulator_int8_top_k_partial_upload_on_the_wire_and_fedavg_of_the_decod
     assert {f"bytes_{d}/{s}" for d in ("up", "down") for s in sizes} <= set(server.Tags()["scalars"])
     assert [(e.step, e.value) for e in server.Scalars("bytes_up/HK")] == [
         (r, pytest.approx(run.rounds[r]["traffic"]["HK"]["bytes_up"], rel=1e-6)) for r in (0, 1)]
+
+
+@pytest.mark.heavy
+def test_simulator_int8_per_tensor_with_float16_download(run_simulator, small_settings, small_sites):
+    """int8 per-tensor scales up, the global model whole but float16 down (compress_download off)."""
+    run = run_simulator(small_settings("fedmsa", compression="int8", compression_scale="tensor", half_precision=True,
+                                       compress_download=False), audit=True)
+    sizes = {site.replace(".", "_"): n for site, n in small_sites.items()}
+    uploads = {}
+    for site in sizes:
+        for round_ in (0, 1):
+            down, record = _audit(run.audit, site, "in", "train", round_)
+            assert record["kind"] == "WEIGHTS" and {v.dtype for v in down.values()} == {np.dtype(np.float16)}
+            up, record = _audit(run.audit, site, "out", "train", round_)
+            assert record["kind"] == "APP_DEFINED" and payload_names(up) == set(down)
+            assert all(up[k + ":scale"].shape == () for k in down) and {str(v.dtype) for v in up.values()} == {"int8", "float32"}
+            uploads[site, round_] = read_delta(up, record["meta"][CODEC])
+    # the last round: final model = the model of round 1 (sites saw it rounded to float16) + n_k-weighted mean update
+    start = {k: v.astype(np.float64) for k, v in _audit(run.audit, "HK", "in", "train", 1)[0].items()}
+    final, total = _global(run), sum(sizes.values())
+    for k, v in start.items():
+        mean_update = sum(uploads[s, 1][k] * n for s, n in sizes.items()) / total
+        np.testing.assert_allclose(final[k] - mean_update, v, rtol=2.0 ** -10, atol=1e-6)
+    assert all(entry["traffic"][s]["bytes_up"] < entry["traffic"][s]["bytes_down"] / 1.9 for entry in run.rounds for s in sizes)
+
+
+@pytest.mark.heavy
+def test_simulator_partial_upload_alone_with_float16(run_simulator, small_settings, small_sites):
+    """Partial upload without int8: float16 WEIGHTS of the first block, decoder and head; the rest stays."""
+    run = run_simulator(small_settings("fedmsa", partial_upload_blocks=1, half_precision=True), audit=True)
+    sizes = {site.replace(".", "_"): n for site, n in small_sites.items()}
+    first = _audit(run.audit, "HK", "in", "train", 0)[0]
+    sent = set(upload_names(first, 1))
+    uploads = {}
+    for site in sizes:
+        for round_ in (0, 1):
+            down, record = _audit(run.audit, site, "in", "train", round_)
+            assert record["kind"] == "WEIGHTS" and set(down) == set(first)  # the whole transmitted state comes back
+            up, record = _audit(run.audit, site, "out", "train", round_)
+            assert record["kind"] == "WEIGHTS" and set(up) == sent and {v.dtype for v in up.values()} == {np.dtype(np.float16)}
+            uploads[site, round_] = up
+    final, total = _global(run), sum(sizes.values())
+    last = _audit(run.audit, "HK", "in", "train", 1)[0]
+    for k in first:
+        if k in sent:  # n_k-weighted mean of the float16 uploads
+            expected = sum(uploads[s, 1][k].astype(np.float64) * n for s, n in sizes.items()) / total
+            np.testing.assert_allclose(final[k], expected, rtol=1e-5, atol=1e-7)
+        else:  # never uploaded: the global value, unchanged over the rounds
+            assert np.array_equal(first[k], last[k]) and np.array_equal(final[k].astype(np.float16), first[k])

@@ -6,6 +6,8 @@
 - controller:     ScatterAndGather restricted to the training sites (leave-one-site-out)
 - aggregation:    GuardedAggregator, weighted FedAvg / FedSCA that rejects bad updates
 - precision:      float16 transfer filters
+- codec:          int8 deltas, top-k masks, error feedback, partial-upload tensor selection (numpy)
+- compression:    the int8 / partial-upload filters, both directions (site and server)
 - report:         JobReport, the server's per-round log, round history and cross-site results
 - site_config:    where a site finds its data and SAM weights (its own configuration, never the job's)
 - bundle_network: reading the bundle a job carries

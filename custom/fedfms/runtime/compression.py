@@ -107,7 +107,7 @@ def _codec(compression: str, scale: str, fraction: float) -> Optional[Codec]:
     return Codec(scale, fraction) if compression == "int8" else None
 
 
-def _payload(codec: Codec, data: dict, layout: dict, base_sha256: str, meta: Mapping) -> DXO:
+def _payload(data: dict, layout: dict, base_sha256: str, meta: Mapping) -> DXO:
     codec_meta = {"format": _FORMAT, **layout, "base_sha256": base_sha256}
     return DXO(DataKind.APP_DEFINED, data, {**meta, CODEC: codec_meta})
 
@@ -211,7 +211,7 @@ class SendUpdate(_TrainTaskFilter):
                 raise CodecError(f"the received model lacks tensors this site sends: {missing[:5]}")
             update = {n: np.asarray(dxo.data[n]) - received.weights[n] for n in names}
             data, layout, self.residual = compress_with_feedback(update, self.residual, self.codec)
-            out, how = _payload(self.codec, data, layout, received.sha256, dxo.meta), self.codec.describe()
+            out, how = _payload(data, layout, received.sha256, dxo.meta), self.codec.describe()
         size = serialized_size(out)
         out.set_meta_prop(BYTES_SENT, size)  # measured with the previous figure in place: same encoded length
         self.log_info(fl_ctx, f"round {shareable.get_header(AppConstants.CURRENT_ROUND, '?')}: sending "
@@ -304,7 +304,9 @@ class SendGlobalModel(_TrainTaskFilter):
             delta = {n: np.asarray(v, np.float32 if d.model[n].dtype == np.float32 else None) - d.model[n]
                      for n, v in dxo.data.items()}
             data, layout = self.codec.encode(delta, skip_zero=True)
-            d.delta = _payload(self.codec, data, layout, d.sha256, {})
+            # nothing changed (e.g. every result of the round was rejected): an empty DXO would skip the
+            # sites' filters, so everyone gets the (unchanged) copy whole
+            d.delta = _payload(data, layout, d.sha256, {}) if data else None
             d.model = {**d.model, **_apply(d.model, decode(data, layout))}
             d.full = d.model  # float32: the copy is no longer float16-exact
         d.base_round, d.round, d.sha256 = d.round, round_, fingerprint(d.model)
