@@ -120,8 +120,12 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def transfer_settings(args: argparse.Namespace) -> Dict[str, object]:
-    """JobSettings keyword arguments of the flags ``add_transfer_arguments`` added."""
-    return {name: getattr(args, name) for name in FIELDS}
+    """JobSettings keyword arguments of the flags ``add_transfer_arguments`` added, those that differ from
+    the defaults (so a summary names only what was chosen)."""
+    from .jobs import JobSettings  # jobs imports this module
+
+    default = JobSettings.__dataclass_fields__
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name) != default[name].default}
 
 
 def _context(identity: str, peer: str = "") -> FLContext:
