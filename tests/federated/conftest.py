@@ -81,9 +81,10 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
     def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,
-            result_filters: Sequence[dict] = ()) -> SimulatorRun:
+            result_filters: Sequence[dict] = (), threads: int = 3) -> SimulatorRun:
         """result_filters: extra client result filters ({"path": "fedfms_audit...", "args": ...}),
-        applied before the audit records what leaves the site (audit is then on)."""
+        applied before the audit records what leaves the site (audit is then on). threads: simulator
+        threads; fewer than sites makes the simulator re-create clients between tasks."""
         job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
         audit = audit or bool(result_filters)
         audit_dir = tmp_path / "audit" if audit else None
@@ -107,7 +108,7 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             {"data_root": str(data or data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
         nvflare = Path(sys.executable).with_name("nvflare")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
-        result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", "3"],
+        result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)],
                                 capture_output=True, text=True, env=env, timeout=600)
         log = result.stdout + result.stderr
         server = workspace / "server" / "simulate_job"

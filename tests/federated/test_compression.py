@@ -17,6 +17,7 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import make_reply
+from nvflare.apis.workspace import Workspace
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils.class_utils import instantiate_class
@@ -288,6 +289,52 @@ def test_a_site_that_lost_its_copy_refuses_the_delta_and_gets_the_full_model_aft
     assert all(np.abs(received.data[k] - (glob[k] + 2e-3)).max() < 1e-4 for k in glob)
 
 
+class _Engine:
+    """What the filters ask of a site's engine: its workspace (run folders under ``root``)."""
+
+    def __init__(self, root: Path, site: str):
+        for folder in ("startup", "local"):  # what NVFlare's Workspace checks for
+            (root / folder).mkdir(exist_ok=True)
+        self.workspace = Workspace(root_dir=str(root), site_name=site)
+
+    def get_workspace(self) -> Workspace:
+        return self.workspace
+
+
+def test_a_restarted_site_resumes_its_copy_and_residual_from_its_run_folder(tmp_path):
+    settings = JobSettings("fedmsa", "prostate", TINY, compression="int8", topk_fraction=0.3)
+    fed = Federation(settings, ["A"])
+    site = fed.site["A"]
+    site.set_prop(ReservedKey.ENGINE, _Engine(tmp_path, "A"), private=True, sticky=False)
+    site.set_prop(ReservedKey.RUN_NUM, "job-1", private=False, sticky=False)
+    glob = _tensors(70)
+    _, received = fed.download("A", glob, 0)
+    fed.upload("A", {k: v + _tensors(71, 1e-2)[k] for k, v in received.data.items()}, 4, 0)
+    residual = dict(fed.chains["A"][("clients", FilterType.TASK_RESULT)][0].residual)
+    run_dir = Path(site.get_engine().get_workspace().get_run_dir("job-1"))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["fedfms_received_model.npz", "fedfms_update_residual.npz"]
+
+    fed.chains["A"] = {(side, kind): fs for side, kind, fs in transfer_filters(settings)}  # the client process restarts
+    moved = {k: v + 1e-2 for k, v in glob.items()}
+    wire, received = fed.download("A", moved, 1)
+    assert wire.data_kind == DataKind.APP_DEFINED  # the delta applies to the copy read back from the run folder
+    update = _tensors(72, 1e-2)
+    wire, _ = fed.upload("A", {k: v + update[k] for k, v in received.data.items()}, 4, 1)
+    sent = read_delta(wire.data, wire.meta[CODEC])
+    new_error = fed.chains["A"][("clients", FilterType.TASK_RESULT)][0].residual
+    for k in glob:  # the restored residual went into this update
+        np.testing.assert_allclose(sent[k] + new_error[k], update[k] + residual[k], rtol=1e-4, atol=2e-6)
+
+    # another job in the same run folder (the simulator reuses "simulate_job"): nothing is taken over
+    fed.chains["A"] = {(side, kind): fs for side, kind, fs in transfer_filters(settings)}
+    fed.download("A", glob, 0)
+    wire, _ = fed.upload("A", {k: v + update[k] for k, v in glob.items()}, 4, 0)
+    sent = read_delta(wire.data, wire.meta[CODEC])
+    new_error = fed.chains["A"][("clients", FilterType.TASK_RESULT)][0].residual
+    for k in glob:  # this update alone: round 0 does not take over the residual of a round >= 0
+        np.testing.assert_allclose(sent[k] + new_error[k], update[k], rtol=1e-4, atol=2e-6)
+
+
 def test_an_unchanged_global_model_goes_whole_and_the_next_delta_still_applies():
     fed = Federation(JobSettings("fedmsa", "prostate", TINY, compression="int8"), ["A"])
     glob = _tensors(60)
@@ -396,7 +443,10 @@ def test_simulator_int8_top_k_partial_upload_on_the_wire_and_fedavg_of_the_decod
     from fedfms.networks import MSASegmenter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = run_simulator(small_settings("fedmsa", compression="int8", topk_fraction=0.3, partial_upload_blocks=1), audit=True)
+    # two threads for three sites: the simulator re-creates clients between tasks, so the sites' copies of
+    # the global model and their residuals must survive in their run folders
+    run = run_simulator(small_settings("fedmsa", compression="int8", topk_fraction=0.3, partial_upload_blocks=1),
+                        audit=True, threads=2)
     state = MSASegmenter(model_type="vit_tiny", image_size=64).state_dict()
     names = set(MSASegmenter(model_type="vit_tiny", image_size=64).transmitted_keys())
     sent, held = set(upload_names(names, 1)), names - set(upload_names(names, 1))

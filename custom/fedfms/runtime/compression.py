@@ -8,7 +8,7 @@ filter                where               does
 ``SendUpdate``        site, task result   u = trained - received model, on the tensors the site sends
                       (last of the chain)   (all, or ``codec.upload_names(K)``); sends codec(u + e) and
                                             keeps e = what the payload did not carry (error feedback,
-                                            in memory for the job); without int8: just drops the
+                                            kept for the job); without int8: just drops the
                                             tensors partial upload holds back
 ``ReceiveUpdate``     server, task result  weights = global model + decoded update: full WEIGHTS again
                       (first)               (of the sent tensors) before the aggregator sees them
@@ -43,6 +43,12 @@ all hold the same model); each delta names the SHA-256 of its base and a site wh
 it with an error. The server then sends that site the full model in the next round (``ReceiveUpdate``
 tells ``SendGlobalModel`` about a failed result through a sticky FL-context property, ``DOWNLINK``).
 
+**Site state across restarts.** A site's copy of the global model and its residual live in the filters'
+memory and are mirrored, after every round, in the site's run folder (``MODEL_FILE``, ``RESIDUAL_FILE``,
+numpy .npz written atomically, read without pickle), so a restarted client process resumes them. NVFlare's
+simulator needs this: with fewer threads than sites it re-creates a client's components between tasks.
+The server's state is memory only: after a server restart every site gets the whole model once.
+
 Composition with half precision: ``ToHalfPrecision`` runs before ``SendGlobalModel`` (full models go as
 float16, deltas are taken against the float16 model the sites hold) and after ``SendUpdate`` (where it
 finds no WEIGHTS to cast unless int8 is off).
@@ -54,9 +60,11 @@ GPU, and they quantize absolute weights without error feedback or deltas.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind
@@ -67,6 +75,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
+from fedfms.core.io import atomic_path
 from fedfms.core.wire import BYTES_SENT, CODEC
 
 from .codec import Codec, CodecError, compress_with_feedback, decode, fingerprint, upload_names
@@ -78,6 +87,11 @@ COMPRESSIONS = ("none", "int8")
 RECEIVED_MODEL = "fedfms_received_model"
 #: FL context property (server, sticky): SendGlobalModel's record of which site holds which round's model.
 DOWNLINK = "fedfms_downlink"
+#: Files in a site's run folder mirroring its transfer state (its copy of the global model, its error
+#: feedback residual), so a restarted client process resumes it; NVFlare's simulator also re-creates a
+#: client's components between tasks when it runs more sites than threads.
+MODEL_FILE, RESIDUAL_FILE = "fedfms_received_model.npz", "fedfms_update_residual.npz"
+_STATE_META = "__fedfms_state__"
 _FORMAT = "int8-delta"
 _TRAIN = AppConstants.TASK_TRAIN
 
@@ -123,6 +137,27 @@ def _without_codec(meta: Mapping) -> dict:
     return {k: v for k, v in meta.items() if k != CODEC}
 
 
+def _state_file(fl_ctx: FLContext, name: str) -> Optional[Path]:
+    """``name`` in this participant's run folder; None outside a running job (e.g. in-process tests)."""
+    engine = fl_ctx.get_engine()
+    return Path(engine.get_workspace().get_run_dir(fl_ctx.get_job_id())) / name if engine is not None else None
+
+
+def _save_state(path: Optional[Path], arrays: Mapping[str, np.ndarray], **meta) -> None:
+    if path is not None:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays, **{_STATE_META: np.array(json.dumps(meta))})
+
+
+def _load_state(path: Optional[Path], job_id: str) -> Optional[Tuple[Dict[str, np.ndarray], dict]]:
+    """(arrays, meta) of a state file this job wrote; None if there is none (or another job's)."""
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored[_STATE_META]))
+        return ({k: stored[k] for k in stored.files if k != _STATE_META}, meta) if meta.get("job") == job_id else None
+
+
 class _TrainTaskFilter(DXOFilter):
     """A DXOFilter acting on the train task only (NVFlare allows one filter chain per task, shared with
     the float16 pair on train and validate)."""
@@ -157,10 +192,13 @@ class ReceiveGlobalModel(_TrainTaskFilter):
             return None
         size = serialized_size(dxo)
         round_ = shareable.get_header(AppConstants.CURRENT_ROUND, "?")
+        state = _state_file(fl_ctx, MODEL_FILE)
         if dxo.data_kind == DataKind.WEIGHTS:
             weights, how = _as_float32(dxo.data), "full model"
         else:
             layout = _unpack(dxo, "global model")
+            if self.model is None and (stored := _load_state(state, fl_ctx.get_job_id())):  # a restarted client
+                self.model = ReceivedModel(stored[0], fingerprint(stored[0]))
             if self.model is None or self.model.sha256 != layout["base_sha256"]:
                 raise CodecError(
                     f"round {round_}: the global model came as a delta against a model this site does not hold "
@@ -170,6 +208,7 @@ class ReceiveGlobalModel(_TrainTaskFilter):
             weights.update(_apply(self.model.weights, decode(dxo.data, layout)))
             how = f"int8 delta ({layout['fraction'] or 'dense'})"
         self.model = ReceivedModel(weights, fingerprint(weights))
+        _save_state(state, weights, job=fl_ctx.get_job_id(), round=round_)
         fl_ctx.set_prop(RECEIVED_MODEL, self.model, private=True, sticky=False)
         self.log_info(fl_ctx, f"round {round_}: received the global model as {how}: {size} bytes")
         return DXO(DataKind.WEIGHTS, {k: v.copy() for k, v in weights.items()}, _without_codec(dxo.meta))
@@ -210,7 +249,12 @@ class SendUpdate(_TrainTaskFilter):
             if missing:
                 raise CodecError(f"the received model lacks tensors this site sends: {missing[:5]}")
             update = {n: np.asarray(dxo.data[n]) - received.weights[n] for n in names}
+            state, round_ = _state_file(fl_ctx, RESIDUAL_FILE), shareable.get_header(AppConstants.CURRENT_ROUND)
+            stored = None if self.residual else _load_state(state, fl_ctx.get_job_id())
+            if stored and isinstance(round_, int) and stored[1].get("round", round_) < round_:  # a restarted client
+                self.residual = stored[0]
             data, layout, self.residual = compress_with_feedback(update, self.residual, self.codec)
+            _save_state(state, self.residual, job=fl_ctx.get_job_id(), round=round_)
             out, how = _payload(data, layout, received.sha256, dxo.meta), self.codec.describe()
         size = serialized_size(out)
         out.set_meta_prop(BYTES_SENT, size)  # measured with the previous figure in place: same encoded length
