@@ -3,8 +3,9 @@
 ``GuardedAggregator`` is NVFlare's ``InTimeAccumulateWeightedAggregator`` with two hooks:
 
 * ``accept`` rejects a site's result at once (logged with site and reason) when it holds a non-finite
-  value, or tensor names / shapes other than the current global model's; valid results are held
-  until the round's aggregation;
+  value, or tensor names / shapes other than the current global model's (in a job with partial upload:
+  exactly the subset ``codec.upload_names`` selects; the aggregate then keeps the global values of the
+  rest); valid results are held until the round's aggregation;
 * ``aggregate`` then rejects updates whose L2 distance from the global model is an outlier
   (> ``outlier_factor`` x the median distance of the round's valid results, only with at least
   ``min_sites_for_outliers`` of them), sets each remaining site's aggregation weight (1 for FedAvg;
