@@ -8,7 +8,7 @@ in its own process. Writes OUT/efficiency.json, OUT/efficiency.md and OUT/effici
 The paper's setting on CPU (batch 1; minutes per row on a 2-core CPU):
     python tools/benchmark_efficiency.py --model-type vit_b --image-size 1024 --steps 2 --out efficiency_vit_b_1024
 On a GPU at the paper's batch sizes (FedSAM 6, FedMSA 4), ViT-B and ViT-L: bash tools/gpu_benchmark.sh
-The default is a quick ViT-B run at 256 px."""
+The default is a quick ViT-B run at 256 px.
 
 It also measures the bytes a site sends and receives per round under each transfer option (float32,
 float16, int8 deltas, top-k, partial upload: fedfms.orchestration.transfer.EXAMPLES), running the jobs'
