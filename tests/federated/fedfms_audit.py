@@ -24,11 +24,12 @@ class AuditFilter(Filter):
         dxo = from_shareable(shareable)
         site = fl_ctx.get_identity_name()
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
-        with _lock:
-            key = (site, self.direction, task)
-            index = _counts[key] = _counts.get(key, -1) + 1
-        stem = os.path.join(self.out_dir, f"{site}.{self.direction}.{task}.{index}")
+        # numbered by the records already there: the simulator may run a site's tasks in new processes
+        # (more sites than threads), and a site runs one task at a time
         os.makedirs(self.out_dir, exist_ok=True)
+        prefix = f"{site}.{self.direction}.{task}."
+        index = sum(name.startswith(prefix) and name.endswith(".json") for name in os.listdir(self.out_dir))
+        stem = os.path.join(self.out_dir, f"{prefix}{index}")
         np.savez(stem + ".npz", **{name: np.asarray(value) for name, value in dxo.data.items()})
         meta = {k: v for k, v in dxo.meta.items() if isinstance(v, (int, float, str, dict, list))}
         with open(stem + ".json", "w") as handle:

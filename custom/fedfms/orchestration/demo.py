@@ -20,7 +20,7 @@ import logging
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from fedfms.bundle.checkpoint import load_trained_weights
 from fedfms.bundle.datalist import load_datalist
 from fedfms.core.io import copy_file_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
-from fedfms.core.wire import BUNDLE_IN_APP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
+from fedfms.core.wire import BUNDLE_IN_APP, BYTES_DOWN, BYTES_UP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
 from fedfms.data.demo import make_demo_data
 from fedfms.networks import write_random_sam_checkpoint
 from fedfms.registry import Profile, get_profile
@@ -60,13 +60,16 @@ class DemoOptions:
     """The demo's settings: the training ``profile`` of both runs (default DEMO_PROFILE: vit_tiny, 64 px,
     3 rounds x 1 local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need
     more), the held-out site, simulator threads, the seed of the data, the stand-in and the random SAM
-    weights, and an official SAM checkpoint to start the pretrained run from (None: the stand-in)."""
+    weights, an official SAM checkpoint to start the pretrained run from (None: the stand-in), and the
+    job's transfer options (JobSettings fields of ``fedfms.orchestration.transfer``, e.g.
+    {"compression": "int8", "topk_fraction": 0.2}), the same for both runs."""
 
     sam_checkpoint: Optional[Path] = None
     profile: Profile = DEMO_PROFILE
     held_out: str = "UCL"
     threads: int = 5
     seed: int = 1337
+    transfer: Mapping[str, object] = field(default_factory=dict)
 
 
 def run_names(options: DemoOptions) -> Dict[str, str]:
@@ -186,6 +189,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     settings = JobSettings(
         "fedmsa", "prostate", profile, held_out=(options.held_out,), name="fedmsa_prostate_demo",
         cross_site_eval=False,  # step 5 evaluates every site with the bundle's evaluate workflow instead
+        **options.transfer,
     )
     settings = replace(settings, min_clients=len(settings.train_sites))  # wait for every training site each round
     log.info("3/6 job -> %s", out / "jobs" / settings.job_name)
@@ -252,6 +256,8 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
                    for name, run in runs.items()}
     wall = time.perf_counter() - start
     cpu = cpu_seconds()
+    traffic = [t for run in runs.values() for entry in run["history"] for t in entry["traffic"].values()]  # per run, site and round
+    mean = {d: sum(t.get(d, 0) for t in traffic) / max(1, sum(d in t for t in traffic)) for d in (BYTES_UP, BYTES_DOWN)}
     notes = [
         "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release; sites differ in size "
         "and appearance (non-IID).",
@@ -267,6 +273,9 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "3D Dice: per volume, averaged over volumes.",
         f"Wall time: {wall:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + f"); CPU time {cpu:.0f} s (this process and the simulators).",
+        f"Transfer (both runs): {dict(options.transfer) or 'whole float32 models (the paper)'}; bytes per site and "
+        f"round, mean over runs, sites and rounds: up {mean[BYTES_UP]:,.0f}, down {mean[BYTES_DOWN]:,.0f} "
+        "(from the server's round reports).",
         "The real thing: prepare the public release with tools/prepare_data.py, give each site its data_root "
         "and sam_vit_b_01ec64.pth in local/fedfms_site.json (or FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT), and "
         "run jobs/fedmsa_prostate (ViT-B, 1024 px, 100 rounds) on GPUs; see README, 'Federated jobs'.",
@@ -281,7 +290,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "synthetic_data": True, "method": "fedmsa", "model_type": profile.model_type, "image_size": profile.image_size,
         "rounds": profile.rounds, "local_epochs": profile.local_epochs, "batch_size": profile.batch_size,
         "learning_rate": profile.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
-        "standin": standin,
+        "standin": standin, "transfer": dict(options.transfer),
         "runs": {name: {"weights": str(checkpoints[name]), "label": labels[name], "sites": run["sites"],
                         "history": run["history"], "models": {k: str(v) for k, v in run["models"].items()},
                         "simulator_time_s": round(run["simulator_s"], 1)} for name, run in runs.items()},

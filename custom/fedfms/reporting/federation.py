@@ -62,6 +62,13 @@ def plot_learning_curve(history: Sequence[Mapping[str, object]], path: Path, tit
     return Path(path)
 
 
+def _mean(values: Sequence[object]) -> float:
+    """Mean of the numbers among ``values`` (a round's report leaves out what a site did not send); NaN
+    (a gap in the curve) when there is none."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
+
+
 def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, object]]], path: Path, title: str = "") -> Path:
     """Several federated runs side by side (``histories``: run label -> its round history): the
     sample-weighted validation Dice of the received global model per round, and the training loss
@@ -69,8 +76,8 @@ def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, object]]]
     fig, (dice_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for (label, history), style in zip(histories.items(), ("-", "--", ":", "-.")):
         rounds = [int(h["round"]) for h in history]
-        losses = [sum(s["train_loss"] for s in h["sites"].values()) / max(len(h["sites"]), 1) for h in history]
-        dice_ax.plot(rounds, [h["weighted_val_dice"] for h in history], style, marker="s", linewidth=2, label=label)
+        losses = [_mean([s["train_loss"] for s in h["sites"].values()]) for h in history]
+        dice_ax.plot(rounds, [_mean([h["weighted_val_dice"]]) for h in history], style, marker="s", linewidth=2, label=label)
         loss_ax.plot(rounds, losses, style, marker="o", linewidth=2, label=label)
         for ax in (dice_ax, loss_ax):
             ax.set_xticks(rounds)
