@@ -322,7 +322,11 @@ def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: i
         "before": save_initial_model(job / "app" / BUNDLE_IN_APP, checkpoint, models_dir / "initial_global_model.pt"),
         "after": copy_file_atomic(server / "app_server" / "FL_global_model.pt", models_dir),
     }
-    copy_file_atomic(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
+    best = server / "app_server" / "best_FL_global_model.pt"  # by weighted validation Dice of accepted results
+    if best.is_file():
+        copy_file_atomic(best, models_dir)
+    else:  # observed with --rounds 1 (the tables and pictures use the initial and final models only)
+        log.info("no best global model saved by the server in %s (the tables use the final one)", best.parent)
     return {"history": json.loads((server / ROUNDS_FILE).read_text()), "models": models, "simulator_s": seconds}
 
 
