@@ -52,6 +52,7 @@ class SimulatorRun:
     server: Path  # the server's run folder (app_server/, cross_site_val/, fedfms_rounds.json, tb_events/)
     log: str
     audit: Optional[Path]
+    returncode: int = 0
 
     @property
     def rounds(self) -> list:
@@ -81,9 +82,10 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
     def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,
-            result_filters: Sequence[dict] = ()) -> SimulatorRun:
+            result_filters: Sequence[dict] = (), succeed: bool = True) -> SimulatorRun:
         """result_filters: extra client result filters ({"path": "fedfms_audit...", "args": ...}),
-        applied before the audit records what leaves the site (audit is then on)."""
+        applied before the audit records what leaves the site (audit is then on). succeed: assert that
+        the simulator exits 0 and the server wrote its round report (False: the caller checks the run)."""
         job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
         audit = audit or bool(result_filters)
         audit_dir = tmp_path / "audit" if audit else None
@@ -94,12 +96,14 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             config = json.loads(config_path.read_text())
             # The audit sees the wire: first of the incoming chain, last of the outgoing one (around
             # e.g. the half-precision filters the job may already have).
-            # (NVFlare allows one chain per task, and the job's chains cover train and validate.)
+            # (NVFlare allows one chain per task, and the job's chains cover train and validate.) Every
+            # task of the executor is audited (a FednnU-Net job's planning tasks too).
+            tasks = config["executors"][0]["tasks"]
             for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
                 recorder = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
                 job_filters = config[key][0]["filters"] if config[key] else []
                 filters = [recorder, *job_filters] if direction == "in" else [*result_filters, *job_filters, recorder]
-                config[key] = [{"tasks": ["train", "validate"], "filters": filters}]
+                config[key] = [{"tasks": tasks, "filters": filters}]
             config_path.write_text(json.dumps(config, indent=2))
         workspace = tmp_path / "workspace"
         allow_fedfms_components(workspace / "local")
@@ -111,7 +115,7 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
                                 capture_output=True, text=True, env=env, timeout=600)
         log = result.stdout + result.stderr
         server = workspace / "server" / "simulate_job"
-        assert result.returncode == 0 and (server / "fedfms_rounds.json").is_file(), log[-5000:]
-        return SimulatorRun(job, server, log, audit_dir)
+        assert not succeed or (result.returncode == 0 and (server / "fedfms_rounds.json").is_file()), log[-5000:]
+        return SimulatorRun(job, server, log, audit_dir, result.returncode)
 
     return run

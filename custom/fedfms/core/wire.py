@@ -33,3 +33,16 @@ JOB_CONFIG = "configs/job.json"
 ROUNDS_FILE = "fedfms_rounds.json"
 #: stem of the cross-site results table (.json, .md) in the server's cross_site_val folder
 RESULTS_FILE = "fedfms_results"
+
+# -- the federated planning step of jobs whose network is planned from the sites' data (FednnU-Net)
+#: task: a training site computes nnU-Net's dataset fingerprint of its training split and returns it
+FINGERPRINT_TASK = "nnunet_fingerprint"
+#: task: every site receives the plan made from the merged fingerprints
+PLAN_TASK = "nnunet_plan"
+#: the one entry of the fingerprint task's result (a DXO of COLLECTION)
+FINGERPRINT_KEY = "fingerprint"
+#: the one entry of the plan task's data (a DXO of COLLECTION)
+PLAN_KEY = "plan"
+#: reply header of a failed planning task: the site's error message (names the site and the file, never
+#: image content), so the server can log why a site is missing
+ERROR_MESSAGE = "fedfms_error"

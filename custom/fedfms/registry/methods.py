@@ -28,6 +28,15 @@ class Method:
     apply); network: the fedfms network class the bundle's ``network_def`` builds (None: a MONAI network);
     paper_batch_sizes: the paper's batch size per dataset, key None for every other dataset (empty: the
     bundle's default).
+    planned: the network is planned from the data (nnU-Net): a federated job first has every training
+    site send a summary of its data (nnU-Net's fingerprint) and the server plan the network once, then
+    trains that network; a centralized run plans on the pooled source sites (the bundle does).
+    own_learning_rate: the bundle trains with its own recipe's optimizer and learning rate (nnU-Net's
+    SGD, 1e-2): a profile's learning rate, meant for the paper's Adam, does not apply to it.
+    lr_schedule: the bundle's learning-rate schedule has a length, its ``lr_schedule_epochs`` option:
+    every run sets it to rounds x local epochs, so a federated schedule spans the whole federation.
+    profile_overrides: bundle overrides of this method under a profile, by profile name (e.g. the CPU
+    demo's lighter nnU-Net settings), applied after the profile's.
     """
 
     name: str
@@ -37,6 +46,10 @@ class Method:
     uses_sam: bool = False
     network: Optional[type[nn.Module]] = None
     paper_batch_sizes: Mapping[Optional[str], int] = field(default_factory=dict, hash=False)
+    planned: bool = False
+    own_learning_rate: bool = False
+    lr_schedule: bool = False
+    profile_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict, hash=False)
 
     def batch_size(self, dataset: str) -> Optional[int]:
         """The paper's batch size for ``dataset``, or None for the bundle's default."""
@@ -48,12 +61,15 @@ METHODS: Dict[str, Method] = {}
 
 
 def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network: Optional[type[nn.Module]] = None,
-                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None) -> Tuple[Method, Method]:
+                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None, planned: bool = False,
+                    own_learning_rate: bool = False, lr_schedule: bool = False,
+                    profile_overrides: Optional[Mapping[str, Mapping[str, object]]] = None) -> Tuple[Method, Method]:
     """Register the federated method ``fed<bundle>`` (label ``Fed<label>``) and the centralized
     ``<bundle>`` (label ``<label>``) of ``bundles/<bundle>``; return (federated, centralized).
-    ValueError if either name is taken."""
+    The keyword arguments are the ``Method`` fields of both. ValueError if either name is taken."""
     methods = tuple(
-        Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}))
+        Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}),
+               planned, own_learning_rate, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()})
         for prefix, label_prefix, federated in ((FEDERATED_PREFIX, FEDERATED_LABEL_PREFIX, True), ("", "", False))
     )
     taken = [m.name for m in methods if m.name in METHODS]
@@ -83,9 +99,12 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
     return [m.name for m in METHODS.values() if federated is None or m.federated == federated]
 
 
-# The paper's Table 1 order: conventional baselines first, then SAM, then MSA. Batch sizes: the
-# reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default.
+# The paper's Table 1 order: conventional baselines first (U-Net, nnU-Net), then SAM, then MSA. Batch
+# sizes: the reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default,
+# nnU-Net its plan's. nnU-Net in the CPU demo: no mirroring test-time augmentation (4 passes per patch).
 register_bundle("unet", "U-Net")
+register_bundle("nnunet", "nnU-Net", planned=True, own_learning_rate=True, lr_schedule=True,
+                profile_overrides={"demo": {"use_mirroring": False}})
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
 register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8})
 

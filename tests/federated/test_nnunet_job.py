@@ -1,0 +1,177 @@
+"""FednnU-Net as an NVFlare job (the real generator, the simulator, synthetic demo sites): the planning step
+before the first round, an audit of everything that crossed the wire, one federated round of the planned
+network, a site whose fingerprint cannot be computed, and a job stopped before training when too few
+sites can be fingerprinted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.shareable import ReservedHeaderKey, make_reply
+
+from fedfms.core.wire import ERROR_MESSAGE, FINGERPRINT_KEY
+from fedfms.nnunet import FingerprintError, build_network, check_fingerprint, check_plan, make_plan, merge_fingerprints, site_fingerprint
+from fedfms.orchestration.jobs import JobSettings
+from fedfms.registry import Profile
+from fedfms.runtime.nnunet_planning import received_fingerprint
+
+#: one round at 64 px (a 5-stage 2d nnU-Net), batch 2, no augmentation workers: seconds per site on a CPU
+PROFILE = Profile("small_nnunet", image_size=64, rounds=1, batch_size=2, num_workers=0)
+#: DXO payload entries of a shareable (everything but NVFlare's headers)
+DXO_PAYLOAD = sorted(k for k in DXO(DataKind.COLLECTION, {"x": 1}).to_shareable() if k != ReservedHeaderKey.HEADERS)
+
+
+def _sites(demo_data: Path, root: Path, sizes: dict) -> Path:
+    """root/prostate/<site>/datalist.json with (training, validation, test) samples of the demo sites;
+    training samples are every third slice, so some hold the gland. Sample folders are symlinked."""
+    for site, (n_train, n_val, n_test) in sizes.items():
+        source, target = demo_data / "prostate" / site, root / "prostate" / site
+        target.mkdir(parents=True)
+        for folder in ("images", "labels"):
+            (target / folder).symlink_to(source / folder, target_is_directory=True)
+        content = json.loads((source / "datalist.json").read_text())
+        content["training"] = content["training"][::3][:n_train]
+        content["validation"], content["test"] = content["validation"][:n_val], content["test"][:n_test]
+        (target / "datalist.json").write_text(json.dumps(content))
+    return root
+
+
+def _records(audit: Path, site: str, direction: str, task: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(audit.glob(f"{site}.{direction}.{task}.*.json"))]
+
+
+def _tensors(audit: Path, site: str, direction: str, task: str) -> list[dict]:
+    out = []
+    for path in sorted(audit.glob(f"{site}.{direction}.{task}.*.npz")):
+        with np.load(path) as arrays:
+            out.append({k: arrays[k] for k in arrays.files})
+    return out
+
+
+def test_fednnunet_plans_from_merged_fingerprints_then_trains_the_planned_network(run_simulator, demo_data, tmp_path):
+    # HK and ISBI1.5 train; BIDMC's training split is empty (its fingerprint fails, the job goes on with
+    # min_clients 2); UCL is held out (evaluated only).
+    root = _sites(demo_data, tmp_path / "data", {"HK": (6, 2, 3), "ISBI1.5": (4, 2, 3), "BIDMC": (0, 2, 3), "UCL": (0, 2, 3)})
+    settings = JobSettings("fednnunet", "prostate", PROFILE, sites=("HK", "ISBI1.5", "BIDMC", "UCL"), held_out=("UCL",),
+                           min_clients=2, wait_time_after_min_received=120)
+    run = run_simulator(settings, audit=True, data=root)
+    audit = run.audit
+
+    # 1. Fingerprints: the training sites send exactly their fingerprint (aggregate numbers only, the audit
+    # check passes on the record as it crossed the wire); the held-out site is never asked.
+    expected = {site: site_fingerprint(root / "prostate" / site / "datalist.json", image_size=64, progress=False)
+                for site in ("HK", "ISBI1.5")}
+    for client, site in (("HK", "HK"), ("ISBI1_5", "ISBI1.5")):
+        (record,) = _records(audit, client, "out", "nnunet_fingerprint")
+        assert record["kind"] == DataKind.COLLECTION and record["payload_keys"] == DXO_PAYLOAD
+        assert list(record["data"]) == [FINGERPRINT_KEY] and record["meta"] == {}
+        check_fingerprint(record["data"][FINGERPRINT_KEY])
+        assert record["data"][FINGERPRINT_KEY] == expected[site]
+        assert not list(audit.glob(f"{client}.out.nnunet_fingerprint.*.npz"))
+    (failed,) = _records(audit, "BIDMC", "out", "nnunet_fingerprint")
+    assert failed["return_code"] == ReturnCode.EXECUTION_EXCEPTION and failed["kind"] is None
+    assert failed["error"].startswith("site BIDMC: ") and "training' split of" in failed["error"]
+    assert str(root / "prostate" / "BIDMC" / "datalist.json") in failed["error"] and "is empty" in failed["error"]
+    assert not _records(audit, "UCL", "out", "nnunet_fingerprint")
+    assert "site BIDMC: no usable nnU-Net fingerprint: failed (EXECUTION_EXCEPTION): site BIDMC" in run.log
+    assert "planning without BIDMC (2 of 3 sites, min_clients 2)" in run.log
+
+    # 2. One plan, made on the server from the merged fingerprints (sites in client order), reaches every
+    # site, held-out ones included, and is all the plan task carries; the server keeps it beside its models.
+    plan = make_plan(merge_fingerprints([expected["HK"], expected["ISBI1.5"]]))
+    assert plan["sites"] == {"HK": 6, "ISBI1.5": 4}
+    for client in ("HK", "ISBI1_5", "BIDMC", "UCL"):
+        (record,) = _records(audit, client, "in", "nnunet_plan")
+        assert record["kind"] == DataKind.COLLECTION and record["payload_keys"] == DXO_PAYLOAD
+        assert list(record["data"]) == ["plan"]
+        check_plan(record["data"]["plan"])
+        assert record["data"]["plan"] == plan
+        (reply,) = _records(audit, client, "out", "nnunet_plan")
+        assert reply["return_code"] == ReturnCode.OK and reply["kind"] is None and reply["payload_keys"] == []
+    assert json.loads((run.server / "app_server" / "nnunet_plans.json").read_text()) == plan
+
+    # 3. Training: one round; the planned network's whole state dict travels both ways, nothing else, and
+    # the global model is the n_k-weighted mean of the two results (BIDMC fails and is tolerated).
+    state = build_network(plan).state_dict()
+    names = sorted(state)
+    sent = {client: _tensors(audit, client, "out", "train") for client in ("HK", "ISBI1_5")}
+    for client in ("HK", "ISBI1_5"):
+        (result,) = sent[client]
+        (received,) = _tensors(audit, client, "in", "train")
+        for arrays in (result, received):
+            assert sorted(arrays) == names
+            assert all(arrays[k].shape == tuple(state[k].shape) for k in names)
+    assert not _tensors(audit, "UCL", "out", "train") and not _records(audit, "UCL", "in", "train")
+    n_k = {client: _records(audit, client, "out", "train")[0]["meta"]["NUM_STEPS_CURRENT_ROUND"] for client in sent}
+    assert n_k == {"HK": 6, "ISBI1_5": 4}
+    glob = torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
+    build_network(plan).load_state_dict(glob)  # strict: the saved global model is the planned network
+    for name in names:
+        if not np.issubdtype(sent["HK"][0][name].dtype, np.floating):
+            continue  # counters (BatchNorm-free here, but any integer buffer) are not averaged meaningfully
+        mean = (sent["HK"][0][name].astype(np.float64) * 6 + sent["ISBI1_5"][0][name].astype(np.float64) * 4) / 10
+        np.testing.assert_allclose(glob[name].numpy(), mean, rtol=1e-5, atol=1e-6)
+    assert [r["missing"] for r in run.rounds] == [["BIDMC"]]
+    assert set(run.rounds[0]["sites"]) == {"HK", "ISBI1_5"}
+
+    # 4. Cross-site evaluation of the planned network on every site, the held-out one included.
+    results = json.loads((run.server / "cross_site_val" / "fedfms_results.json").read_text())
+    assert set(results) == {"HK", "ISBI1_5", "BIDMC", "UCL"}
+
+
+def test_too_few_fingerprints_stop_the_job_before_any_training(run_simulator, demo_data, tmp_path):
+    # Three training sites, min_clients 2: BIDMC's training split is empty and one of ISBI1.5's training
+    # samples is not a readable .npy file. Only HK can be fingerprinted.
+    root = _sites(demo_data, tmp_path / "data", {"HK": (4, 1, 1), "ISBI1.5": (3, 1, 1), "BIDMC": (0, 1, 1)})
+    site = root / "prostate" / "ISBI1.5"
+    (site / "images").unlink()
+    shutil.copytree(demo_data / "prostate" / "ISBI1.5" / "images", site / "images")
+    content = json.loads((site / "datalist.json").read_text())
+    broken = site / content["training"][1]["image"]
+    broken.write_bytes(b"not a numpy file")
+    settings = JobSettings("fednnunet", "prostate", PROFILE, sites=("HK", "ISBI1.5", "BIDMC"), wait_time_after_min_received=120)
+    run = run_simulator(settings, audit=True, data=root, succeed=False)
+
+    assert "nnU-Net planning failed before training: 1 of 3 training sites sent a usable fingerprint, 2 needed" in run.log
+    panic = next(line for line in run.log.splitlines() if "nnU-Net planning failed before training" in line)
+    assert "BIDMC: failed (EXECUTION_EXCEPTION): site BIDMC: " in panic and "is empty" in panic
+    assert f"ISBI1_5: failed (EXECUTION_EXCEPTION): site ISBI1.5: sample {broken}" in panic
+    # no plan was sent, no train task, no round, no global model
+    assert sorted(p.name.split(".")[2] for p in run.audit.glob("*.json")) == ["nnunet_fingerprint"] * 3
+    assert not (run.server / "fedfms_rounds.json").exists()
+    assert not (run.server / "app_server" / "FL_global_model.pt").exists()
+    assert not (run.server / "app_server" / "nnunet_plans.json").exists()
+
+
+def test_the_server_accepts_only_an_audited_fingerprint(site_fingerprint_64):
+    fingerprint = site_fingerprint_64
+    good = DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: fingerprint}).to_shareable()
+    assert received_fingerprint(good, "HK", 64) == fingerprint
+
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_header(ERROR_MESSAGE, "site HK: sample /data/HK/images/a.npy (label ...): cannot read")
+    bad = {
+        "failed (EXECUTION_EXCEPTION): site HK: sample /data/HK/images/a.npy": failed,
+        "sent no DXO": make_reply(ReturnCode.OK),
+        "expected COLLECTION with exactly \\['fingerprint'\\]": DXO(DataKind.WEIGHTS, {FINGERPRINT_KEY: fingerprint}).to_shareable(),
+        "with keys \\['fingerprint', 'thumbnail'\\]": DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: fingerprint,
+                                                                             "thumbnail": [[0.0]]}).to_shareable(),
+        "unknown \\['mean_image'\\]": DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: {**fingerprint, "mean_image": [[0.5]]}}).to_shareable(),
+        "fingerprint for image_size 64, the job trains at 128": good,
+    }
+    for message, result in bad.items():
+        with pytest.raises(FingerprintError, match=message):
+            received_fingerprint(result, "HK", 128 if "128" in message else 64)
+
+
+@pytest.fixture
+def site_fingerprint_64(demo_data, tmp_path) -> dict:
+    root = _sites(demo_data, tmp_path / "data", {"HK": (3, 1, 1)})
+    return site_fingerprint(root / "prostate" / "HK" / "datalist.json", image_size=64, progress=False)
