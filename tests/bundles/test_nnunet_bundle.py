@@ -20,10 +20,15 @@ def _config(bundle: str, name: str) -> dict:
 
 
 def test_nnunet_configs_differ_from_the_others_only_by_the_plan():
-    for name in ("evaluate.json", "inference.json"):
-        nnunet = _config("nnunet", name)
-        assert nnunet.pop("plans_file") == "$os.path.join(os.path.dirname(@ckpt_path), 'nnunet_plans.json')"
-        assert nnunet == _config("unet", name), f"bundles/nnunet/configs/{name} differs beyond plans_file"
+    plans_beside_model = "$os.path.join(os.path.dirname(@ckpt_path), 'nnunet_plans.json')"
+    evaluate = _config("nnunet", "evaluate.json")
+    assert evaluate.pop("plans_file") == plans_beside_model
+    assert evaluate == _config("unet", "evaluate.json"), "bundles/nnunet/configs/evaluate.json differs beyond plans_file"
+    # inference runs on top of train.json (nnU-Net's predictor is the validate inferer), with the others' writer
+    inference = _config("nnunet", "inference.json")
+    assert inference["plans_file"] == plans_beside_model and inference["inference"] == ["$@validate#evaluator.run()"]
+    unet_writer = _config("unet", "inference.json")["datalist_inference"]["handlers"][-1]
+    assert inference["validate#handlers"][-1] == unet_writer
     assert (REPO / "bundles/nnunet/configs/logging.conf").read_text() == (REPO / "bundles/unet/configs/logging.conf").read_text()
     train, unet = _config("nnunet", "train.json"), _config("unet", "train.json")
     assert train["validate"]["key_metric"] == unet["validate"]["key_metric"]  # same metrics, same model selection

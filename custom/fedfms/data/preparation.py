@@ -51,23 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedfms.data.errors import DataError, read_error
+from fedfms.data.volume_io import check_same_geometry, load_nifti, read_volume
 from fedfms.transforms.labels import LabelMap
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A problem with one input file; the message starts with the file it concerns.
-
-    The writer adds where it happened: ``site`` (the site being prepared) and ``case`` (the case id, or
-    None for a problem with the site as a whole, e.g. a missing folder).
-    """
-
-    def __init__(self, source: str | Path, problem: str) -> None:
-        super().__init__(f"{source}: {problem}")
-        self.source, self.problem = str(source), problem
-        self.site: str | None = None
-        self.case: str | None = None
 
 
 class CaseExcluded(DataError):
@@ -236,11 +224,6 @@ def get_preparer(name: str) -> Preparer:
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(_REGISTRY)}") from None
 
 
-def read_error(path: str | Path, exc: BaseException) -> DataError:
-    """DataError for a file that could not be read (corrupted, truncated, wrong format)."""
-    return DataError(path, f"unreadable or corrupted file ({type(exc).__name__}: {exc})")
-
-
 def site_folder(src: Path, names: Sequence[str], site: str) -> Path:
     """The one folder directly under ``src`` named any of ``names`` (case-insensitive) holding ``site``.
 
@@ -261,17 +244,6 @@ def find_files(root: Path, *suffixes: str, recursive: bool = True) -> list[Path]
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file fully -> (data array as stored, 4x4 affine); DataError if unreadable."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types for truncated/corrupt files (EOFError, zlib, ...)
-        raise read_error(path, exc) from exc
-
-
 def load_volume_pair(image_path: str | Path, label_path: str | Path, slice_axis: int = 2) -> RawCase:
     """Read an image/label volume pair -> RawCase to be sliced along ``slice_axis`` (default: depth, 2).
 
@@ -280,8 +252,6 @@ def load_volume_pair(image_path: str | Path, label_path: str | Path, slice_axis:
     geometry (spacing, direction, origin) differs from the image's. Trailing singleton axes
     (X, Y, Z, 1) are dropped; other shapes are left for the writer to reject.
     """
-    from fedfms.data.volume_io import check_same_geometry, read_volume
-
     image, label = read_volume(image_path), read_volume(label_path)
     check_same_geometry(image, label)
     image_array, label_array = image.array, label.array

@@ -25,7 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfms.data.preparation import DataError, load_nifti, read_error
+from fedfms.data.errors import DataError, read_error
+
+
+def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file fully -> (data array as stored, 4x4 affine); DataError if unreadable."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for truncated/corrupt files (EOFError, zlib, ...)
+        raise read_error(path, exc) from exc
+
 
 #: File names a volume may have; ``.nii.gz`` before ``.nii`` so the longer suffix wins.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")

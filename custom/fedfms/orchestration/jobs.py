@@ -6,7 +6,8 @@ NVFlare ``FedJob`` made of the real component objects (so their constructors che
 the job is written), and ``write_job`` exports it to a folder that runs unchanged in the simulator, POC
 and production::
 
-    JOB/meta.json                           deploy_map: the server and every site of the dataset
+    JOB/meta.json                           deploy_map: the server and every site of the dataset;
+                                            scope: the privacy scope (the method's, fedfms.registry)
     JOB/app/config/config_fed_server.json   ScatterAndGather over the training sites, weighted FedAvg
                                             (bad updates rejected), best-model selection, cross-site
                                             evaluation, TensorBoard, the round report
@@ -182,8 +183,9 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     train = [client_name(x) for x in s.train_sites]
     clients = [client_name(x) for x in s.all_sites]
     # The deploy map names every site (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
+    # The scope names the privacy policy each site applies to the job's results (fedfms.runtime.privacy).
     job = FedJob(name=s.job_name, min_clients=s.min_training_results,
-                 meta_props={"deploy_map": {"app": ["server", *clients]}})
+                 meta_props={"deploy_map": {"app": ["server", *clients]}, "scope": get_method(s.method).privacy_scope})
     job.set_app_packages(["fedfms"])  # installed at every participant (or embedded below), never copied per class
 
     job.to_server(PlannedModelPersistor() if planned else TransmittedModelPersistor(), id="persistor")

@@ -37,6 +37,8 @@ class Method:
     every run sets it to rounds x local epochs, so a federated schedule spans the whole federation.
     profile_overrides: bundle overrides of this method under a profile, by profile name (e.g. the CPU
     demo's lighter nnU-Net settings), applied after the profile's.
+    privacy_scope: the NVFlare privacy scope its jobs declare in meta.json; each site decides in its own
+    local/privacy.json what a scope lets out (shipped scopes: ``fedfms.runtime.privacy.EXAMPLE_SCOPES``).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Method:
     own_learning_rate: bool = False
     lr_schedule: bool = False
     profile_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict, hash=False)
+    privacy_scope: str = "full_model"
 
     def batch_size(self, dataset: str) -> Optional[int]:
         """The paper's batch size for ``dataset``, or None for the bundle's default."""
@@ -63,13 +66,17 @@ METHODS: Dict[str, Method] = {}
 def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network: Optional[type[nn.Module]] = None,
                     paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None, planned: bool = False,
                     own_learning_rate: bool = False, lr_schedule: bool = False,
-                    profile_overrides: Optional[Mapping[str, Mapping[str, object]]] = None) -> Tuple[Method, Method]:
+                    profile_overrides: Optional[Mapping[str, Mapping[str, object]]] = None,
+                    privacy_scope: str = "full_model") -> Tuple[Method, Method]:
     """Register the federated method ``fed<bundle>`` (label ``Fed<label>``) and the centralized
     ``<bundle>`` (label ``<label>``) of ``bundles/<bundle>``; return (federated, centralized).
-    The keyword arguments are the ``Method`` fields of both. ValueError if either name is taken."""
+    The keyword arguments are the ``Method`` fields of both; privacy_scope: the scope the federated
+    method's jobs declare ("full_model": the site lets out any tensor; a method that sends less names a
+    tighter scope). ValueError if either name is taken."""
     methods = tuple(
         Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}),
-               planned, own_learning_rate, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()})
+               planned, own_learning_rate, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()},
+               privacy_scope)
         for prefix, label_prefix, federated in ((FEDERATED_PREFIX, FEDERATED_LABEL_PREFIX, True), ("", "", False))
     )
     taken = [m.name for m in methods if m.name in METHODS]
@@ -102,11 +109,14 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
 # The paper's Table 1 order: conventional baselines first (U-Net, nnU-Net), then SAM, then MSA. Batch
 # sizes: the reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default,
 # nnU-Net its plan's. nnU-Net in the CPU demo: no mirroring test-time augmentation (4 passes per patch).
+# Privacy scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM, FedU-Net and
+# FednnU-Net their whole trainable state ("full_model").
 register_bundle("unet", "U-Net")
 register_bundle("nnunet", "nnU-Net", planned=True, own_learning_rate=True, lr_schedule=True,
                 profile_overrides={"demo": {"use_mirroring": False}})
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
-register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8})
+register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8},
+                privacy_scope="fedmsa")
 
 #: Encoders the paper reports, and the suffix its row names carry ("FedMSA-L").
 PAPER_ENCODER_SUFFIX = {"vit_b": "", "vit_l": "-L"}

@@ -8,6 +8,7 @@
 - precision:      float16 transfer filters
 - report:         JobReport, the server's per-round log, round history and cross-site results
 - site_config:    where a site finds its data and SAM weights (its own configuration, never the job's)
+- privacy:        the site's result policy (NVFlare privacy scopes): what may leave a site, decided by the site
 - bundle_network: reading the bundle a job carries
 
 Writing jobs and running them (simulator, demo, study) is orchestration: ``fedfms.orchestration``.
