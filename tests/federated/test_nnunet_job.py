@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, make_reply
 
 from fedfms.core.wire import ERROR_MESSAGE, FINGERPRINT_KEY
 from fedfms.nnunet import FingerprintError, build_network, check_fingerprint, check_plan, make_plan, merge_fingerprints, site_fingerprint
 from fedfms.orchestration.jobs import JobSettings
-from fedfms.registry import Profile
+from fedfms.registry import Profile, get_method
 from fedfms.runtime.nnunet_planning import received_fingerprint
+from fedfms.runtime.privacy import EXAMPLE_SCOPES, WITHHELD, ResultPolicy
 
 #: one round at 64 px (a 5-stage 2d nnU-Net), batch 2, no augmentation workers: seconds per site on a CPU
 PROFILE = Profile("small_nnunet", image_size=64, rounds=1, batch_size=2, num_workers=0)
@@ -158,7 +160,7 @@ def test_the_server_accepts_only_an_audited_fingerprint(site_fingerprint_64):
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed.set_header(ERROR_MESSAGE, "site HK: sample /data/HK/images/a.npy (label ...): cannot read")
     bad = {
-        "failed (EXECUTION_EXCEPTION): site HK: sample /data/HK/images/a.npy": failed,
+        "failed \\(EXECUTION_EXCEPTION\\): site HK: sample /data/HK/images/a\\.npy": failed,
         "sent no DXO": make_reply(ReturnCode.OK),
         "expected COLLECTION with exactly \\['fingerprint'\\]": DXO(DataKind.WEIGHTS, {FINGERPRINT_KEY: fingerprint}).to_shareable(),
         "with keys \\['fingerprint', 'thumbnail'\\]": DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: fingerprint,
@@ -169,6 +171,30 @@ def test_the_server_accepts_only_an_audited_fingerprint(site_fingerprint_64):
     for message, result in bad.items():
         with pytest.raises(FingerprintError, match=message):
             received_fingerprint(result, "HK", 128 if "128" in message else 64)
+
+
+def test_the_fednnunet_privacy_scope_lets_out_an_audited_fingerprint_and_nothing_else(site_fingerprint_64):
+    """A site that enforces privacy scopes (fedfms.runtime.privacy) runs FednnU-Net under the scope its
+    jobs declare: the fingerprint passes; any other COLLECTION, or a fingerprint with more in it, is withheld;
+    other scopes withhold every COLLECTION, the fingerprint included."""
+    assert get_method("fednnunet").privacy_scope == "fednnunet"
+    policy = ResultPolicy(**EXAMPLE_SCOPES["fednnunet"])
+    good = DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: site_fingerprint_64}).to_shareable()
+    out = policy.process(good, FLContext())
+    assert out.get_return_code(ReturnCode.OK) == ReturnCode.OK
+    assert from_shareable(out).data == {FINGERPRINT_KEY: site_fingerprint_64}
+    bad = [DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: site_fingerprint_64, "thumbnail": [[0.0]]}).to_shareable(),
+           DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: {**site_fingerprint_64, "mean_image": [[0.5]]}}).to_shareable(),
+           DXO(DataKind.COLLECTION, {FINGERPRINT_KEY: site_fingerprint_64}, {"site_path": "/data/HK"}).to_shareable(),
+           DXO(DataKind.COLLECTION, {"image": np.zeros((4, 4), np.float32)}).to_shareable()]
+    for result in bad:
+        assert policy.process(result, FLContext()).get_return_code() == WITHHELD
+    for scope in ("full_model", "fedmsa", "metrics_only"):
+        assert ResultPolicy(**EXAMPLE_SCOPES[scope]).process(good, FLContext()).get_return_code() == WITHHELD
+    # the planned network's training results pass as under full_model
+    weights = DXO(DataKind.WEIGHTS, {"encoder.stages.0.0.convs.0.conv.weight": np.zeros((4, 1, 3, 3), np.float32)},
+                  {MetaKey.NUM_STEPS_CURRENT_ROUND: 6}).to_shareable()
+    assert set(from_shareable(policy.process(weights, FLContext())).data) == {"encoder.stages.0.0.convs.0.conv.weight"}
 
 
 @pytest.fixture

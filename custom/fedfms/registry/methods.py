@@ -109,11 +109,12 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
 # The paper's Table 1 order: conventional baselines first (U-Net, nnU-Net), then SAM, then MSA. Batch
 # sizes: the reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default,
 # nnU-Net its plan's. nnU-Net in the CPU demo: no mirroring test-time augmentation (4 passes per patch).
-# Privacy scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM, FedU-Net and
-# FednnU-Net their whole trainable state ("full_model").
+# Privacy scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM and FedU-Net their
+# whole trainable state ("full_model"); FednnU-Net that and, before training, its nnU-Net fingerprint
+# ("fednnunet").
 register_bundle("unet", "U-Net")
 register_bundle("nnunet", "nnU-Net", planned=True, own_learning_rate=True, lr_schedule=True,
-                profile_overrides={"demo": {"use_mirroring": False}})
+                profile_overrides={"demo": {"use_mirroring": False}}, privacy_scope="fednnunet")
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
 register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8},
                 privacy_scope="fedmsa")
