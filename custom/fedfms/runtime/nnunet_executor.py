@@ -13,7 +13,9 @@ with two more tasks before training:
   to the bundle as ``plans_file``, so every site builds and trains the same network.
 
 Train and validate are BundleExecutor's, and refused until a plan arrived: without one the bundle
-would plan from the site's own data alone, a network the others do not share.
+would plan from the site's own data alone, a network the others do not share. The plan is found on
+disk (the run's folder), not only in memory: NVFlare's simulator starts a new client process for each
+task when it has fewer threads than clients, and a restarted site must not lose it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class PlannedBundleExecutor(BundleExecutor):
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name not in (self.fingerprint_task_name, self.plan_task_name):
-            if task_name in (self.train_task_name, self.validate_task_name) and PLANS_FILE not in self.bundle_overrides:
+            if task_name in (self.train_task_name, self.validate_task_name) and not self._has_plan(fl_ctx):
                 return self._failed(task_name, PlanningError(
                     f"site {self.site}: no nnU-Net plan received from the server; the job's planning step "
                     f"({self.plan_task_name}) must run before {task_name}"), fl_ctx)
@@ -61,6 +63,16 @@ class PlannedBundleExecutor(BundleExecutor):
             return self._receive_plan(shareable, fl_ctx)
         except Exception as err:  # reported to the server with the message, which names the site and file
             return self._failed(task_name, err, fl_ctx)
+
+    def _has_plan(self, fl_ctx: FLContext) -> bool:
+        """Whether this run's plan task saved a plan (set as ``plans_file`` when it did)."""
+        overrides = self._site_overrides(fl_ctx)
+        if PLANS_FILE not in overrides:
+            path = os.path.join(str(overrides["output_dir"]), PLAN_FILENAME)  # the run's folder: this job's plan
+            if not os.path.isfile(path):
+                return False
+            overrides[PLANS_FILE] = path
+        return True
 
     def _failed(self, task_name: str, err: Exception, fl_ctx: FLContext) -> Shareable:
         message = str(err) if str(err).startswith(f"site {self.site}") else f"site {self.site}: {err}"
@@ -86,13 +98,17 @@ class PlannedBundleExecutor(BundleExecutor):
     def _receive_plan(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         dxo = from_shareable(shareable)
         if dxo.data_kind != DataKind.COLLECTION or set(dxo.data) != {PLAN_KEY}:
-            raise PlanningError(f"the server's plan task holds {dxo.data_kind} with keys {sorted(dxo.data)}, expected "
-                                f"{DataKind.COLLECTION} with exactly {[PLAN_KEY]}")
+            raise PlanningError(f"the server's plan task holds {getattr(dxo.data_kind, 'value', dxo.data_kind)} with keys "
+                                f"{sorted(dxo.data)}, expected {DataKind.COLLECTION.value} with exactly {[PLAN_KEY]}")
         plan = dxo.data[PLAN_KEY]
         check_plan(plan, source="the server's plan")
         overrides = self._site_overrides(fl_ctx)
         path = save_plan(plan, os.path.join(str(overrides["output_dir"]), PLAN_FILENAME))
-        resolve_plan(path, overrides["datalist"], self._image_size(fl_ctx))  # the job's frame, this site's labels
+        try:
+            resolve_plan(path, overrides["datalist"], self._image_size(fl_ctx))  # the job's frame, this site's labels
+        except Exception:
+            os.remove(path)  # a plan this site cannot train with must not be found by a later task
+            raise
         overrides[PLANS_FILE] = path
         config = plan["plans"]["configurations"][plan["configuration"]]
         self.log_info(fl_ctx, f"site {self.site}: nnU-Net plan of sites {plan['sites']} received (patch "

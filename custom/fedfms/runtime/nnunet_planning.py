@@ -24,7 +24,7 @@ network's tensors as in every fedfms job.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -54,6 +54,10 @@ def bundle_setting(bundle_root: str, name: str) -> object:
     return read_train_config(bundle_root).get_parsed_content(name)
 
 
+def _kind(dxo: DXO) -> str:
+    return getattr(dxo.data_kind, "value", dxo.data_kind)  # "WEIGHTS", not "DataKind.WEIGHTS"
+
+
 def received_fingerprint(result: Shareable, site: str, image_size: int) -> dict:
     """The fingerprint in a site's result, or FingerprintError saying why there is none: the site failed
     (its message), the result is not exactly {"fingerprint": ...}, the fingerprint fails the audit
@@ -66,13 +70,51 @@ def received_fingerprint(result: Shareable, site: str, image_size: int) -> dict:
     except Exception as err:
         raise FingerprintError(f"sent no DXO: {err}") from err
     if dxo.data_kind != DataKind.COLLECTION or set(dxo.data) != {FINGERPRINT_KEY}:
-        raise FingerprintError(f"sent {dxo.data_kind} with keys {sorted(dxo.data)}, expected {DataKind.COLLECTION} "
+        raise FingerprintError(f"sent {_kind(dxo)} with keys {sorted(dxo.data)}, expected {DataKind.COLLECTION.value} "
                                f"with exactly {[FINGERPRINT_KEY]}")
     fingerprint = dxo.data[FINGERPRINT_KEY]
     check_fingerprint(fingerprint, source=f"of site {site}")
     if fingerprint["image_size"] != image_size:
         raise FingerprintError(f"fingerprint for image_size {fingerprint['image_size']}, the job trains at {image_size}")
     return fingerprint
+
+
+def usable_fingerprints(results: Mapping[str, Optional[Shareable]], image_size: int
+                        ) -> Tuple[Dict[str, dict], Dict[str, str]]:
+    """Split the training sites' fingerprint results (site -> result, None: none arrived) into the
+    audited fingerprints (``received_fingerprint``) and the failed sites with why."""
+    fingerprints: Dict[str, dict] = {}
+    failed: Dict[str, str] = {}
+    for site, result in results.items():
+        if result is None:
+            failed[site] = "no result (timed out or disconnected)"
+            continue
+        try:
+            fingerprints[site] = received_fingerprint(result, site, image_size)
+        except Exception as err:  # any unusable result counts as a failed site
+            failed[site] = str(err)
+    return fingerprints, failed
+
+
+def plan_from_fingerprints(fingerprints: Mapping[str, dict], failed: Mapping[str, str], min_clients: int,
+                           gpu_memory_target_gb: float) -> dict:
+    """nnU-Net's plan from the merged fingerprints (sites in client-name order), or PlanningError saying
+    why none can be made: fewer than ``min_clients`` fingerprints (every failed site and why), sites that
+    cannot share a plan, or the planner's own failure."""
+    if len(fingerprints) < min_clients:
+        details = "; ".join(f"{site}: {why}" for site, why in sorted(failed.items()))
+        raise PlanningError(f"{len(fingerprints)} of {len(fingerprints) + len(failed)} training sites sent a usable "
+                            f"fingerprint, {min_clients} needed. Failed: {details}")
+    try:
+        merged = merge_fingerprints([fingerprints[s] for s in sorted(fingerprints)])
+        return make_plan(merged, gpu_memory_target_gb=gpu_memory_target_gb)
+    except FingerprintError as err:
+        raise PlanningError(str(err)) from err
+
+
+def plan_task_data(plan: dict) -> Shareable:
+    """The plan task's data: a DXO of COLLECTION holding exactly the plan."""
+    return DXO(DataKind.COLLECTION, {PLAN_KEY: plan}).to_shareable()
 
 
 class NnUNetPlanning(Controller):
@@ -117,15 +159,23 @@ class NnUNetPlanning(Controller):
         clients = [c.name for c in fl_ctx.get_engine().get_clients()]
         sites = self.train_sites or clients
 
-        fingerprints = self._collect_fingerprints(sites, image_size, abort_signal, fl_ctx)
-        if fingerprints is None:
+        results = self._collect_fingerprints(sites, abort_signal, fl_ctx)
+        if results is None:
             return
+        fingerprints, failed = usable_fingerprints(results, image_size)
+        for site in sites:
+            if site in fingerprints:
+                self.log_info(fl_ctx, f"nnU-Net fingerprint of {site}: {fingerprints[site]['num_cases']} cases")
+            else:
+                self.log_error(fl_ctx, f"site {site}: no usable nnU-Net fingerprint: {failed[site]}")
         try:
-            merged = merge_fingerprints([fingerprints[s] for s in sorted(fingerprints)])
-            plan = make_plan(merged, gpu_memory_target_gb=memory)
-        except (FingerprintError, PlanningError) as err:
+            plan = plan_from_fingerprints(fingerprints, failed, self.min_clients, memory)
+        except PlanningError as err:
             self._panic(str(err), fl_ctx)
             return
+        if failed:
+            self.log_warning(fl_ctx, f"planning without {', '.join(sorted(failed))} ({len(fingerprints)} of "
+                                     f"{len(sites)} sites, min_clients {self.min_clients})")
         path = save_plan(plan, os.path.join(app_root, PLAN_FILENAME))
         fl_ctx.set_prop(PLAN_PATH, path, private=True, sticky=True)
         config = plan["plans"]["configurations"][plan["configuration"]]
@@ -134,39 +184,18 @@ class NnUNetPlanning(Controller):
                               f"{config['architecture']['arch_kwargs']['n_stages']} stages; saved to {path}")
         self._send_plan(plan, sites, clients, abort_signal, fl_ctx)
 
-    def _collect_fingerprints(self, sites: List[str], image_size: int, abort_signal: Signal,
-                              fl_ctx: FLContext) -> Optional[Dict[str, dict]]:
-        """Every training site's audited fingerprint; None (after a panic) if fewer than min_clients."""
-        fingerprints: Dict[str, dict] = {}
-        failed: Dict[str, str] = {}
+    def _collect_fingerprints(self, sites: List[str], abort_signal: Signal,
+                              fl_ctx: FLContext) -> Optional[Dict[str, Optional[Shareable]]]:
+        """Every training site's fingerprint result (None where none arrived); None if the job aborted."""
+        results: Dict[str, Optional[Shareable]] = {site: None for site in sites}
 
         def received(client_task: ClientTask, fl_ctx: FLContext) -> None:
-            site = client_task.client.name
-            try:
-                fingerprints[site] = received_fingerprint(client_task.result, site, image_size)
-                self.log_info(fl_ctx, f"nnU-Net fingerprint of {site}: {fingerprints[site]['num_cases']} cases")
-            except Exception as err:  # any unusable result counts as a failed site
-                failed[site] = str(err)
-                self.log_error(fl_ctx, f"site {site}: no usable nnU-Net fingerprint: {err}")
+            results[client_task.client.name] = client_task.result
             client_task.result = None
 
         task = Task(FINGERPRINT_TASK, Shareable(), timeout=self.task_timeout, result_received_cb=received)
         self.broadcast_and_wait(task, fl_ctx, targets=sites, min_responses=len(sites), abort_signal=abort_signal)
-        if abort_signal.triggered:
-            return None
-        for site in sites:
-            if site not in fingerprints and site not in failed:
-                failed[site] = "no result (timed out or disconnected)"
-                self.log_error(fl_ctx, f"site {site}: no nnU-Net fingerprint: {failed[site]}")
-        if len(fingerprints) < self.min_clients:
-            details = "; ".join(f"{site}: {why}" for site, why in sorted(failed.items()))
-            self._panic(f"{len(fingerprints)} of {len(sites)} training sites sent a usable fingerprint, "
-                        f"{self.min_clients} needed. Failed: {details}", fl_ctx)
-            return None
-        if failed:
-            self.log_warning(fl_ctx, f"planning without {', '.join(sorted(failed))} ({len(fingerprints)} of "
-                                     f"{len(sites)} sites, min_clients {self.min_clients})")
-        return fingerprints
+        return None if abort_signal.triggered else results
 
     def _send_plan(self, plan: dict, sites: List[str], clients: List[str], abort_signal: Signal,
                    fl_ctx: FLContext) -> None:
@@ -183,8 +212,7 @@ class NnUNetPlanning(Controller):
                                        f"{result.get_header(ERROR_MESSAGE) or 'no message, see the site log'}")
             client_task.result = None
 
-        data = DXO(DataKind.COLLECTION, {PLAN_KEY: plan}).to_shareable()
-        task = Task(PLAN_TASK, data, timeout=self.task_timeout, result_received_cb=received)
+        task = Task(PLAN_TASK, plan_task_data(plan), timeout=self.task_timeout, result_received_cb=received)
         self.broadcast_and_wait(task, fl_ctx, targets=clients, min_responses=len(clients), abort_signal=abort_signal)
         if abort_signal.triggered:
             return
