@@ -82,10 +82,11 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
     def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,
-            result_filters: Sequence[dict] = (), succeed: bool = True) -> SimulatorRun:
+            result_filters: Sequence[dict] = (), succeed: bool = True, threads: int = 3) -> SimulatorRun:
         """result_filters: extra client result filters ({"path": "fedfms_audit...", "args": ...}),
         applied before the audit records what leaves the site (audit is then on). succeed: assert that
-        the simulator exits 0 and the server wrote its round report (False: the caller checks the run)."""
+        the simulator exits 0 and the server wrote its round report (False: the caller checks the run).
+        threads: the simulator's -t (fewer than clients: a new client process per task)."""
         job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
         audit = audit or bool(result_filters)
         audit_dir = tmp_path / "audit" if audit else None
@@ -111,7 +112,7 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             {"data_root": str(data or data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
         nvflare = Path(sys.executable).with_name("nvflare")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
-        result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", "3"],
+        result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)],
                                 capture_output=True, text=True, env=env, timeout=600)
         log = result.stdout + result.stderr
         server = workspace / "server" / "simulate_job"

@@ -211,7 +211,7 @@ def test_fednnunet_plans_from_merged_fingerprints_then_trains_the_planned_networ
     root = _sites(demo_data, tmp_path / "data", {"HK": (6, 2, 3), "ISBI1.5": (4, 2, 3), "BIDMC": (0, 2, 3), "UCL": (0, 2, 3)})
     settings = JobSettings("fednnunet", "prostate", PROFILE, sites=("HK", "ISBI1.5", "BIDMC", "UCL"), held_out=("UCL",),
                            min_clients=2, wait_time_after_min_received=120)
-    run = run_simulator(settings, audit=True, data=root)
+    run = run_simulator(settings, audit=True, data=root, threads=4)  # one process per site
     audit = run.audit
 
     # 1. Fingerprints: the training sites send exactly their fingerprint (aggregate numbers only, the audit
@@ -288,7 +288,7 @@ def test_too_few_fingerprints_stop_the_job_before_any_training(run_simulator, de
     broken = site / content["training"][1]["image"]
     broken.write_bytes(b"not a numpy file")
     settings = JobSettings("fednnunet", "prostate", PROFILE, sites=("HK", "ISBI1.5", "BIDMC"), wait_time_after_min_received=120)
-    run = run_simulator(settings, audit=True, data=root, succeed=False)
+    run = run_simulator(settings, audit=True, data=root, succeed=False, threads=3)
 
     assert "nnU-Net planning failed before training: 1 of 3 training sites sent a usable fingerprint, 2 needed" in run.log
     panic = next(line for line in run.log.splitlines() if "nnU-Net planning failed before training" in line)

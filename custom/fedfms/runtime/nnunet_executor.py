@@ -75,7 +75,9 @@ class PlannedBundleExecutor(BundleExecutor):
         return True
 
     def _failed(self, task_name: str, err: Exception, fl_ctx: FLContext) -> Shareable:
-        message = str(err) if str(err).startswith(f"site {self.site}") else f"site {self.site}: {err}"
+        folder = (self.site_folders or {}).get(self.site, self.site)  # errors of the data name the site folder
+        named = str(err).startswith((f"site {self.site}:", f"site {folder}:"))
+        message = str(err) if named else f"site {self.site}: {err}"
         self.log_exception(fl_ctx, f"task {task_name} failed: {message}")
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
         reply.set_header(ERROR_MESSAGE, message)
