@@ -295,7 +295,8 @@ def test_too_few_fingerprints_stop_the_job_before_any_training(run_simulator, de
     assert "BIDMC: failed (EXECUTION_EXCEPTION): site BIDMC: " in panic and "is empty" in panic
     assert f"ISBI1_5: failed (EXECUTION_EXCEPTION): site ISBI1.5: sample {broken}" in panic
     # no plan was sent, no train task, no round, no global model
-    assert sorted(p.name.split(".")[2] for p in run.audit.glob("*.json")) == ["nnunet_fingerprint"] * 3
+    records = sorted(".".join(p.name.split(".")[1:3]) for p in run.audit.glob("*.json"))
+    assert records == ["in.nnunet_fingerprint"] * 3 + ["out.nnunet_fingerprint"] * 3
     assert not (run.server / "fedfms_rounds.json").exists()
     assert not (run.server / "app_server" / "FL_global_model.pt").exists()
     assert not (run.server / "app_server" / "nnunet_plans.json").exists()
