@@ -25,8 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
-from fedfms.registry import PAPER, dataset_names, method_names
-from fedfms.runtime.aggregation import AGGREGATIONS
+from fedfms.registry import PAPER, add_compute_options, compute_overrides, dataset_names, method_names
+from fedfms.runtime.aggregation import AGGREGATIONS, ROBUST_MEANS
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("make_jobs")
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-time-after-min-received", type=int, default=_job_default("wait_time_after_min_received"),
                         help="seconds the server still waits for the last sites of a round (default: %(default)s)")
     parser.add_argument("--train-timeout", type=int, default=_job_default("train_timeout"),
-                        help="seconds per site and round, 0 = no limit (default: %(default)s)")
+                        help="seconds a round may take before the server aggregates what it has, 0 = no limit "
+                             "(default: %(default)s)")
+    parser.add_argument("--cross-site-eval-timeout", type=int, default=_job_default("cross_site_eval_timeout"),
+                        help="seconds the server waits for each model's cross-site scores (default: %(default)s)")
     parser.add_argument("--name", help="job folder name (default METHOD_DATASET)")
     parser.add_argument("--no-reject-bad-updates", dest="reject_bad_updates", action="store_false",
                         help="aggregate every result (NVFlare's plain FedAvg aggregator); default: the server rejects "
@@ -86,6 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fedsca-temperature", type=float, default=_job_default("fedsca_temperature"),
                         help="FedSCA softmax temperature (default: %(default)s)")
     parser.add_argument("--half-precision", action="store_true", help="send models as float16 both ways (half the bytes)")
+    parser.add_argument("--max-samples", type=int, default=_job_default("max_samples"),
+                        help="reject results reporting more training samples n_k than this (0 = no bound; "
+                             "default: %(default)s)")
+    parser.add_argument("--clip-factor", type=float, default=_job_default("clip_factor"),
+                        help="clip update L2 norms to this x the median accepted norm of the last rounds "
+                             "(0 = off; default: %(default)s)")
+    parser.add_argument("--robust-mean", choices=ROBUST_MEANS, default=_job_default("robust_mean"),
+                        help="mean (n_k-weighted FedAvg), trimmed_mean or median, per coordinate (default: %(default)s)")
+    parser.add_argument("--trim", type=int, default=_job_default("trim"),
+                        help="values dropped on each side by --robust-mean trimmed_mean (default: %(default)s)")
+    parser.add_argument("--resume-from", metavar="RUN_FOLDER",
+                        help="continue a job lost to a server crash: the crashed job's server run folder "
+                             "(absolute path on the server, WORKSPACE/JOB_ID)")
+    parser.add_argument("--dp-clip-norm", type=float, default=_job_default("dp_clip_norm"),
+                        help="differential privacy: clip each site update to this L2 norm and add Gaussian noise "
+                             "(0 = off; default: %(default)s)")
+    parser.add_argument("--dp-noise-multiplier", type=float, default=_job_default("dp_noise_multiplier"),
+                        help="noise std / clip norm (default: %(default)s)")
+    parser.add_argument("--dp-delta", type=float, default=_job_default("dp_delta"),
+                        help="delta of the reported (epsilon, delta) (default: %(default)s)")
+    add_compute_options(parser)
     parser.add_argument("--embed-code", action="store_true",
                         help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
     args = parser.parse_args(argv)
@@ -108,13 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     methods = [args.method] if args.method else method_names(federated=True)
     if args.held_out and len(datasets) > 1:
         parser.error("--held-out names sites of one dataset: give --dataset")
+    if args.resume_from and len(datasets) * len(methods) > 1:
+        parser.error("--resume-from continues one job: give --method and --dataset")
     profile = PAPER.override(rounds=args.rounds, local_epochs=args.local_epochs, model_type=args.model_type,
-                             image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate)
+                             image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             **compute_overrides(args))
     jobs = [JobSettings(method, dataset, profile, held_out=tuple(args.held_out), min_clients=args.min_clients,
                         wait_time_after_min_received=args.wait_time_after_min_received, train_timeout=args.train_timeout,
+                        cross_site_eval_timeout=args.cross_site_eval_timeout,
                         reject_bad_updates=args.reject_bad_updates, outlier_factor=args.outlier_factor,
                         aggregation=args.aggregation, fedsca_temperature=args.fedsca_temperature,
-                        half_precision=args.half_precision,
+                        half_precision=args.half_precision, max_samples=args.max_samples, clip_factor=args.clip_factor,
+                        robust_mean=args.robust_mean, trim=args.trim, resume_from=args.resume_from,
+                        dp_clip_norm=args.dp_clip_norm, dp_noise_multiplier=args.dp_noise_multiplier,
+                        dp_delta=args.dp_delta,
                         name=args.name if len(datasets) * len(methods) == 1 else None)
             for dataset in datasets for method in methods]
     for settings in tqdm(jobs, desc="jobs", unit="job", disable=len(jobs) == 1):

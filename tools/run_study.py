@@ -27,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedfms.registry import PROFILES, dataset_names, get_profile, method_names
+from fedfms.registry import PROFILES, add_compute_options, compute_overrides, dataset_names, get_profile, method_names
 from fedfms.study import StudyError, StudySettings, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", choices=["best", "final"],
                         help="evaluate the best model by source-site validation Dice or the final one (default from the profile)")
     parser.add_argument("--cpu-threads", type=int, help="OpenMP threads per training/evaluation process (default from the profile)")
+    add_compute_options(parser)
     parser.add_argument("--threads", type=int, help="simulator threads (default: one per site)")
     parser.add_argument("--device", help="torch device for every run (default: cuda:0 if available, else cpu)")
     parser.add_argument("--resume", action="store_true", help="skip runs that finished earlier with the same settings")
@@ -72,7 +73,7 @@ def settings_from_args(args: argparse.Namespace, command: str) -> StudySettings:
     profile = get_profile(args.profile).override(
         model_type=args.model_type, image_size=args.image_size, rounds=args.rounds, local_epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, cpu_threads=args.cpu_threads,
-        checkpoint=args.checkpoint)
+        checkpoint=args.checkpoint, **compute_overrides(args))
     return StudySettings(
         dataset=args.dataset, data_root=args.data_root.resolve(), out=args.out.resolve(), methods=tuple(args.methods),
         profile=profile, held_out=tuple(args.held_out), no_pretraining=args.no_pretraining, sam_checkpoint=checkpoint,

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("sam", "msa", "unet")
 SCHEMA = REPO / "bundles" / "schema" / "meta_schema_fedfms.json"
 # the only train.json ids in which the bundles may differ
-NETWORK_IDS = {"network_def", "batch_size", "image_size", "output_scale", "model_type", "sam_checkpoint", "activation_checkpointing"}
+NETWORK_IDS = {"network_def", "batch_size", "image_size", "output_scale", "model_type", "sam_checkpoint", "activation_checkpointing",
+               "attention"}
 
 
 def _config(bundle: str, name: str) -> dict:

@@ -59,6 +59,23 @@ def test_cumulative_metric_averages_slices_and_channels():
         overlap_counts(logits, label[:, :1])
 
 
+def test_non_finite_outputs_score_as_failures_not_as_empty_masks(caplog):
+    """A NaN output thresholds to "background", which would score 1 on an empty slice: instead each sample
+    with a NaN/inf output counts as every pixel wrong (I = 0, |P| = pixels not in the label), with a warning."""
+    logits, label = _batch()
+    logits[1, 0, 0, 0] = float("nan")  # the empty slice predicted empty: Dice 1 when finite
+    logits[2] = float("inf")
+    with caplog.at_level("WARNING"):
+        counts = overlap_counts(logits, label)
+    assert counts[:, 0, 0].tolist() == [[1, 2, 2], [0, 6, 0], [0, 6, 0]]
+    dice = dice_from_counts(counts)[:, 0]
+    assert dice[0] == pytest.approx(DICE_C0[0]) and dice[1] < 1e-4 and dice[2] < 1e-4
+    assert "2 of 3 samples have non-finite (NaN/inf) network outputs: scored as failures" in caplog.text
+    metric = SliceOverlapMetric("dice")
+    metric(logits, label)
+    assert metric.aggregate().item() == pytest.approx(DICE_C0[0] / 3, rel=1e-3)
+
+
 def test_report_writes_per_sample_csv_and_summary_with_3d_dice(tmp_path):
     logits, label = _batch(two_channels=True)
     # slices 0 and 1 of volume V (3D), then a 2D image (slice -1) that 3D Dice ignores

@@ -82,14 +82,14 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
     (local/fedfms_site.json + allow-listed fedfms components), run ``nvflare simulator``."""
 
     def run(settings: JobSettings, audit: bool = False, data: Optional[Path] = None,
-            result_filters: Sequence[dict] = (), succeed: bool = True, threads: int = 3) -> SimulatorRun:
-        """result_filters: extra client result filters ({"path": "fedfms_audit...", "args": ...}),
-        applied before the audit records what leaves the site (audit is then on). succeed: assert that
-        the simulator exits 0 and the server wrote its round report (False: the caller checks the run).
+            result_filters: Sequence[dict] = (), expect_success: bool = True, workspace_name: str = "workspace",
+            threads: int = 3) -> SimulatorRun:
+        """result_filters: extra client result filters ({"path": "fedfms.runtime.faults.FaultInjection",
+        "args": ...}), applied first, before the audit records what leaves the site (audit is then on).
         threads: the simulator's -t (fewer than clients: a new client process per task)."""
-        job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
+        job = write_job(settings, tmp_path / "jobs" / workspace_name, REPO / "bundles")
         audit = audit or bool(result_filters)
-        audit_dir = tmp_path / "audit" if audit else None
+        audit_dir = tmp_path / f"audit_{workspace_name}" if audit else None
         if audit:
             (job / "app" / "custom").mkdir(parents=True)
             shutil.copy(HERE / "fedfms_audit.py", job / "app" / "custom")
@@ -103,20 +103,23 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
                 recorder = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
                 job_filters = config[key][0]["filters"] if config[key] else []
-                filters = [recorder, *job_filters] if direction == "in" else [*result_filters, *job_filters, recorder]
+                # fedfms.runtime.faults.FaultInjection learns the round (and the received model) from FaultTap
+                tap = [{"path": "fedfms.runtime.faults.FaultTap", "args": {}}] if result_filters else []
+                filters = [recorder, *job_filters, *tap] if direction == "in" else [*result_filters, *job_filters, recorder]
                 config[key] = [{"tasks": tasks, "filters": filters}]
             config_path.write_text(json.dumps(config, indent=2))
-        workspace = tmp_path / "workspace"
+        workspace = tmp_path / workspace_name
         allow_fedfms_components(workspace / "local")
         (workspace / "local" / SITE_CONFIG_FILE).write_text(json.dumps(
             {"data_root": str(data or data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
         nvflare = Path(sys.executable).with_name("nvflare")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
         result = subprocess.run([str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)],
-                                capture_output=True, text=True, env=env, timeout=600)
+                                capture_output=True, text=True, env=env, timeout=1500)
         log = result.stdout + result.stderr
         server = workspace / "server" / "simulate_job"
-        assert not succeed or (result.returncode == 0 and (server / "fedfms_rounds.json").is_file()), log[-5000:]
+        if expect_success:
+            assert result.returncode == 0 and (server / "fedfms_rounds.json").is_file(), log[-5000:]
         return SimulatorRun(job, server, log, audit_dir, result.returncode)
 
     return run

@@ -288,7 +288,7 @@ def test_too_few_fingerprints_stop_the_job_before_any_training(run_simulator, de
     broken = site / content["training"][1]["image"]
     broken.write_bytes(b"not a numpy file")
     settings = JobSettings("fednnunet", "prostate", PROFILE, sites=("HK", "ISBI1.5", "BIDMC"), wait_time_after_min_received=120)
-    run = run_simulator(settings, audit=True, data=root, succeed=False, threads=3)
+    run = run_simulator(settings, audit=True, data=root, expect_success=False, threads=3)
 
     assert "nnU-Net planning failed before training: 1 of 3 training sites sent a usable fingerprint, 2 needed" in run.log
     panic = next(line for line in run.log.splitlines() if "nnU-Net planning failed before training" in line)

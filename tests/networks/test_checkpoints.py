@@ -8,9 +8,18 @@ import torch
 from fedfms.networks import CheckpointError, MSASegmenter, SAMSegmenter, load_partial_state, transmitted_state
 
 
-def test_official_checkpoint_gives_segment_anything_embedding(vit_b_sam):
+def _same_embedding(ours: torch.Tensor, theirs: torch.Tensor, attention: str) -> None:
+    """segment_anything's own attention gives its embedding bit for bit; SDPA up to float32 rounding."""
+    if attention == "sam":
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["sam", "sdpa"])
+def test_official_checkpoint_gives_segment_anything_embedding(vit_b_sam, attention):
     sam, path = vit_b_sam
-    ours = SAMSegmenter(model_type="vit_b", checkpoint=path).eval()
+    ours = SAMSegmenter(model_type="vit_b", checkpoint=path, attention=attention).eval()
     theirs_state = sam.state_dict()
     assert all(torch.equal(v, theirs_state[k]) for k, v in ours.state_dict().items())
     # At reduced depth for CPU time: the first three blocks (window and global attention) of both.
@@ -19,16 +28,17 @@ def test_official_checkpoint_gives_segment_anything_embedding(vit_b_sam):
         encoder.blocks = encoder.blocks[:3]
     x = torch.rand(1, 3, 1024, 1024)
     with torch.no_grad():
-        assert torch.equal(ours.encode(x), theirs(x))
+        _same_embedding(ours.encode(x), theirs(x), attention)
 
 
 @pytest.mark.heavy
-def test_official_checkpoint_full_depth_embedding(vit_b_sam):
+@pytest.mark.parametrize("attention", ["sam", "sdpa"])
+def test_official_checkpoint_full_depth_embedding(vit_b_sam, attention):
     sam, path = vit_b_sam
-    ours = SAMSegmenter(model_type="vit_b", checkpoint=path).eval()
+    ours = SAMSegmenter(model_type="vit_b", checkpoint=path, attention=attention).eval()
     x = torch.rand(1, 3, 1024, 1024)
     with torch.no_grad():
-        assert torch.equal(ours.encode(x), sam.image_encoder(x))
+        _same_embedding(ours.encode(x), sam.image_encoder(x), attention)
 
 
 def test_msa_with_zero_adapter_outputs_equals_sam(tmp_path):
@@ -109,6 +119,20 @@ def test_checkpoint_with_missing_and_extra_keys(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"missing: mask_decoder.iou_token.weight; unexpected: mask_decoder.extra"):
         SAMSegmenter(model_type="vit_tiny", checkpoint=path)
+
+
+def test_checkpoint_with_nan_values(tmp_path):
+    state = SAMSegmenter(model_type="vit_tiny").state_dict()
+    state["mask_decoder.iou_token.weight"][0, 0] = float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"diverged.pth holds NaN/inf values in 1 tensors: mask_decoder.iou_token.weight"):
+        SAMSegmenter(model_type="vit_tiny", checkpoint=path)
+    target = MSASegmenter(model_type="vit_tiny", image_size=64)
+    sent = transmitted_state(target)
+    sent[next(iter(sent))] = torch.full_like(next(iter(sent.values())), float("inf"))
+    with pytest.raises(CheckpointError, match="state from round 3 holds NaN/inf values"):
+        load_partial_state(target, sent, "round 3")
 
 
 def test_partial_state_loads_and_rejects_foreign_keys():

@@ -7,18 +7,25 @@ formula gives 1 for an empty slice predicted empty and ~0 for a false positive o
 Both metrics are derived from per-slice overlap counts (I, |P|, |G|), which also sum over a volume's
 slices into 3D Dice.
 
+A sample whose output holds NaN or inf is scored as a failure, never as an empty mask: its prediction is
+taken to be the complement of its label (every pixel wrong: Dice and IoU ~0, also in its volume's 3D
+Dice), and a warning says how many samples were affected. (Thresholding would silently turn NaN into
+"background", which scores 1 on every empty slice: a NaN model would look as good as a healthy one.)
+
 Binarization is a registry: "sigmoid" (the standard sigmoid > 0.5, default) or "sweep" (the reference
 code: raw logits thresholded at 0.1, 0.3, 0.5, 0.7, 0.9, metric averaged over the thresholds).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from monai.metrics import CumulativeIterationMetric
 
 SWEEP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+logger = logging.getLogger(__name__)
 
 # logits (B, C, H, W) -> binary masks (B, C, T, H, W), one per threshold T
 BINARIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -32,7 +39,7 @@ def overlap_counts(logits: torch.Tensor, label: torch.Tensor, binarize: str = "s
 
     logits: (B, C, H, W) network output; label: (B, C, H, W) in {0, 1}, same shape.
     Returns float64 (B, C, T, 3) holding [intersection, |prediction|, |ground truth|] per threshold T
-    of the `binarize` rule.
+    of the `binarize` rule. A sample with a non-finite output counts as every pixel wrong (see above).
     """
     if binarize not in BINARIZERS:
         raise ValueError(f"binarize must be one of {sorted(BINARIZERS)}, got {binarize!r}")
@@ -43,6 +50,11 @@ def overlap_counts(logits: torch.Tensor, label: torch.Tensor, binarize: str = "s
         )
     pred = BINARIZERS[binarize](logits.detach()).double()
     gt = (label.detach() > 0).double().unsqueeze(2).expand_as(pred)
+    failed = ~torch.isfinite(logits.detach()).flatten(1).all(1)
+    if failed.any():
+        logger.warning("%d of %d samples have non-finite (NaN/inf) network outputs: scored as failures "
+                       "(every pixel wrong, Dice 0)", int(failed.sum()), len(failed))
+        pred = torch.where(failed.view(-1, 1, 1, 1, 1), 1.0 - gt, pred)
     return torch.stack([(pred * gt).sum((-2, -1)), pred.sum((-2, -1)), gt.sum((-2, -1))], dim=-1)
 
 

@@ -21,11 +21,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Dict, Optional, Sequence
 
-from fedfms.core.options import as_bool, as_float, as_int
+from fedfms.core.options import as_bool, as_choice, as_float, as_int
+from fedfms.networks.attention import ATTENTION_CHOICES
+
+from .precision import parse_amp, parse_amp_dtype
 
 #: option id -> converter, for every typed option of the bundles (train, evaluate, inference)
 BUNDLE_OPTIONS: Dict[str, Callable[[str, object], object]] = {
     "activation_checkpointing": as_bool,
+    "amp": parse_amp,
+    "amp_dtype": parse_amp_dtype,
+    "attention": partial(as_choice, choices=ATTENTION_CHOICES),
     "write_overlays": as_bool,
     "dicom_seg": as_bool,
     "stop_on_error": as_bool,

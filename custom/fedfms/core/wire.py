@@ -14,6 +14,9 @@ TEST_DICE = "test_dice"
 TRAIN_LOSS = "train_loss"
 #: serialized bytes of the site's result as it leaves the site
 BYTES_SENT = "bytes_sent"
+#: differential privacy (fedfms.runtime.dp): the (epsilon, delta) this site has spent so far in the job
+DP_EPSILON = "dp_epsilon"
+DP_DELTA = "dp_delta"
 #: SHA-256 of the frozen (never sent) weights a model was built on; the server attaches it, sites check it
 FROZEN_SHA256 = "fedfms_frozen_sha256"
 
@@ -31,6 +34,8 @@ JOB_CONFIG = "configs/job.json"
 # -- the server's run folder
 #: per-round history written by the server's job report
 ROUNDS_FILE = "fedfms_rounds.json"
+#: the last aggregated global model (NVFlare's PTFileModelPersistor file), relative to the run folder
+GLOBAL_MODEL_IN_RUN = "app_server/FL_global_model.pt"
 #: stem of the cross-site results table (.json, .md) in the server's cross_site_val folder
 RESULTS_FILE = "fedfms_results"
 

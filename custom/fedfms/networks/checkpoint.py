@@ -73,7 +73,15 @@ def load_sam_checkpoint(model: nn.Module, path: PathLike, model_type: str, new_k
         raise CheckpointError(
             f"checkpoint {path} does not fit model_type {model_type!r}: {what}; " + "; ".join(problems)
         )
+    _require_finite(state, f"checkpoint {path}")
     model.load_state_dict(state, strict=False)
+
+
+def _require_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming ``source`` and the first tensors holding NaN/inf (a corrupted or diverged file)."""
+    bad = [k for k in sorted(state) if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN/inf values in {len(bad)} tensors: {_first(bad)}")
 
 
 def load_partial_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -90,4 +98,5 @@ def load_partial_state(model: nn.Module, state: Mapping[str, torch.Tensor], sour
     if unexpected or mismatched:
         problems = [f"{label}: {_first(keys)}" for label, keys in (("unexpected", unexpected), ("shape mismatch", mismatched)) if keys]
         raise CheckpointError(f"state from {source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    _require_finite(state, f"state from {source}")
     model.load_state_dict(dict(state), strict=False)

@@ -16,9 +16,10 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from fedfms.core.options import OptionError, as_bool, as_int
+from fedfms.core.options import OptionError, as_bool, as_choice, as_int
 
 from .adapters import AdaptedBlock
+from .attention import ATTENTION_CHOICES, use_sdpa_attention
 from .checkpoint import load_sam_checkpoint
 from .configs import DEFAULT_MODEL_TYPE, PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
 
@@ -42,6 +43,9 @@ class PromptFreeSegmenter(nn.Module):
         image_size: input side S, a multiple of 16; the position embedding is interpolated when S != 1024.
         checkpoint: path to an official SAM checkpoint of the same model_type, or None for random init.
         activation_checkpointing: recompute encoder blocks in the backward pass to save memory.
+        attention: "sdpa" computes the encoder's attention with ``F.scaled_dot_product_attention``
+            (``attention.SDPAttention``: no score matrix is stored, same result); "sam" keeps
+            segment_anything's own ``Attention``.
 
     Subclasses decide which parameters train (``is_trainable``); everything else is frozen.
     """
@@ -53,6 +57,7 @@ class PromptFreeSegmenter(nn.Module):
         image_size: int = SAM_IMAGE_SIZE,
         checkpoint: Optional[Union[str, Path]] = None,
         activation_checkpointing: bool = False,
+        attention: str = "sdpa",
     ) -> None:
         super().__init__()
         config = encoder_config(model_type)
@@ -61,8 +66,9 @@ class PromptFreeSegmenter(nn.Module):
         if image_size % PATCH_SIZE:
             raise OptionError(f"option image_size={image_size!r}: expected a positive multiple of {PATCH_SIZE}")
         activation_checkpointing = as_bool("activation_checkpointing", activation_checkpointing)
+        attention = as_choice("attention", attention, ATTENTION_CHOICES)
         self.model_type, self.num_classes, self.image_size = model_type, num_classes, image_size
-        self.activation_checkpointing = activation_checkpointing
+        self.activation_checkpointing, self.attention = activation_checkpointing, attention
 
         self.image_encoder = ImageEncoderViT(
             img_size=SAM_IMAGE_SIZE,
@@ -78,6 +84,8 @@ class PromptFreeSegmenter(nn.Module):
             window_size=config.window_size,
             global_attn_indexes=config.global_attn_indexes,
         )
+        if attention == "sdpa":
+            use_sdpa_attention(self.image_encoder)
         grid = SAM_IMAGE_SIZE // PATCH_SIZE
         self.prompt_encoder = PromptEncoder(
             embed_dim=PROMPT_EMBED_DIM,

@@ -36,7 +36,6 @@ from nvflare.apis.dxo import DataKind
 from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
-from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
@@ -46,11 +45,15 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from fedfms.core.io import staged_directory, write_json_atomic
-from fedfms.core.options import OptionError, as_bool, as_float, as_int, as_names
-from fedfms.core.wire import BUNDLE_IN_APP, FINGERPRINT_TASK, JOB_CONFIG, PLAN_TASK, VAL_DICE
+from fedfms.core.options import OptionError, as_bool, as_choice, as_float, as_int, as_names
+from fedfms.core.wire import BUNDLE_IN_APP, FINGERPRINT_TASK, GLOBAL_MODEL_IN_RUN, JOB_CONFIG, PLAN_TASK, VAL_DICE
 from fedfms.registry import PAPER, Profile, bundle_overrides, dataset_names, get_dataset, get_method, method_names
-from fedfms.runtime.aggregation import AGGREGATIONS, FEDSCA_TEMPERATURE, OUTLIER_FACTOR, GuardedAggregator
+from fedfms.runtime.aggregation import (
+    AGGREGATIONS, CLIP_FACTOR, FEDSCA_TEMPERATURE, OUTLIER_FACTOR, ROBUST_MEANS, GuardedAggregator,
+)
+from fedfms.runtime.best_model import AcceptedModelSelector
 from fedfms.runtime.controller import TrainingSitesScatterAndGather
+from fedfms.runtime.dp import DPGlobalModelTap, GaussianUpdateDP
 from fedfms.runtime.executor import BundleExecutor
 from fedfms.runtime.nnunet_executor import PlannedBundleExecutor
 from fedfms.runtime.nnunet_planning import NnUNetPlanning, PlannedModelPersistor
@@ -81,8 +84,12 @@ class JobSettings:
     held_out: sites that only evaluate (leave-one-site-out's unseen site); the others train.
     min_clients: training results a round needs; None = all training sites but one, so one failing
         site does not stop the job. wait_time_after_min_received: seconds the server then still waits
-        for the last site. train_timeout: seconds a site may train per round (0 = no limit).
+        for the last sites (a site that sent nothing in an earlier round is not waited for until it
+        returns, see ``TrainingSitesScatterAndGather``). train_timeout: seconds a round may take before
+        the server aggregates what it has, even with fewer than min_clients results (0 = no limit).
     cross_site_eval: after training, score the final and best global models on every site's test split.
+    cross_site_eval_timeout: seconds the server waits for each model's cross-site scores
+        (CrossSiteModelEval's validation_timeout; NVFlare's default is 6000).
     overrides: further bundle overrides (e.g. {"activation_checkpointing": True}).
     name: job name; default METHOD_DATASET.
     reject_bad_updates: the server rejects a site's result for the round when it holds non-finite
@@ -95,6 +102,17 @@ class JobSettings:
         FedSCA). "fedsca" always uses the GuardedAggregator.
     half_precision: models travel as float16 both ways (filters in ``fedfms.runtime.precision``):
         half the bytes, rounding error 2**-11 relative per value. Off by default (the paper's float32).
+    max_samples: the server rejects a result whose sample count n_k exceeds this (0 = no bound; a
+        site's n_k is also pinned to its first accepted value for the job).
+    clip_factor: clip each update's L2 norm to clip_factor x the median accepted norm of the last
+        rounds (0 = no clipping). robust_mean: "mean" (n_k-weighted FedAvg), "trimmed_mean" (per
+        coordinate, drop the trim lowest and highest values; >= 2 trim + 1 results) or "median" (>= 3).
+    resume_from: continue a job lost to a server crash: the crashed job's server run folder (absolute
+        path on the server, WORKSPACE/JOB_ID, or a downloaded copy); the job starts from its
+        app_server/FL_global_model.pt at the round after the last in its fedfms_rounds.json.
+    dp_clip_norm, dp_noise_multiplier, dp_delta: differential privacy of the site updates
+        (``fedfms.runtime.dp``): each update clipped to L2 dp_clip_norm plus Gaussian noise of std
+        dp_noise_multiplier x dp_clip_norm, (epsilon, dp_delta) reported per site. dp_clip_norm 0 = off.
     """
 
     method: str
@@ -103,9 +121,10 @@ class JobSettings:
     sites: Optional[Tuple[str, ...]] = None
     held_out: Tuple[str, ...] = ()
     min_clients: Optional[int] = None
-    wait_time_after_min_received: int = 3600
-    train_timeout: int = 0
+    wait_time_after_min_received: int = 600
+    train_timeout: int = 10800
     cross_site_eval: bool = True
+    cross_site_eval_timeout: int = 3600
     overrides: Mapping[str, object] = field(default_factory=dict)
     name: Optional[str] = None
     reject_bad_updates: bool = True
@@ -113,12 +132,28 @@ class JobSettings:
     aggregation: str = AGGREGATIONS[0]
     fedsca_temperature: float = FEDSCA_TEMPERATURE
     half_precision: bool = False
+    max_samples: int = 0
+    clip_factor: float = CLIP_FACTOR
+    robust_mean: str = ROBUST_MEANS[0]
+    trim: int = 1
+    resume_from: Optional[str] = None
+    dp_clip_norm: float = 0.0
+    dp_noise_multiplier: float = 1.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         """Check and convert every field; OptionError (a ValueError) naming a bad one."""
         typed = {"held_out": as_names("held_out", self.held_out),
                  "wait_time_after_min_received": as_int("wait_time_after_min_received", self.wait_time_after_min_received, 0),
                  "train_timeout": as_int("train_timeout", self.train_timeout, 0),
+                 "cross_site_eval_timeout": as_int("cross_site_eval_timeout", self.cross_site_eval_timeout, 0),
+                 "max_samples": as_int("max_samples", self.max_samples, 0),
+                 "trim": as_int("trim", self.trim, 1),
+                 "clip_factor": as_float("clip_factor", self.clip_factor, minimum=0),
+                 "robust_mean": as_choice("robust_mean", self.robust_mean, ROBUST_MEANS),
+                 "dp_clip_norm": as_float("dp_clip_norm", self.dp_clip_norm, minimum=0),
+                 "dp_noise_multiplier": as_float("dp_noise_multiplier", self.dp_noise_multiplier, minimum=0),
+                 "dp_delta": as_float("dp_delta", self.dp_delta, above=0),
                  "outlier_factor": as_float("outlier_factor", self.outlier_factor, minimum=0),
                  "fedsca_temperature": as_float("fedsca_temperature", self.fedsca_temperature, above=0),
                  **{name: as_bool(name, getattr(self, name)) for name in ("cross_site_eval", "reject_bad_updates", "half_precision")}}
@@ -135,6 +170,13 @@ class JobSettings:
         get_dataset(self.dataset)  # ValueError naming the registered datasets
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+        if self.resume_from is not None and not Path(self.resume_from).is_absolute():
+            raise ValueError(f"resume_from must be an absolute path on the server, got {self.resume_from!r}")
+        if not self.dp_delta < 1:
+            raise OptionError(f"option dp_delta={self.dp_delta!r}: expected 0 < dp_delta < 1")
+        if self.dp_clip_norm and get_method(self.method).bundle == "unet":
+            raise ValueError("differential privacy is not offered for fedunet: noise on BatchNorm running "
+                             "variances can make them negative")
         unknown = set(self.held_out) - set(self.all_sites)
         if unknown:
             raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
@@ -166,10 +208,11 @@ class JobSettings:
 
 
 def _aggregator(s: JobSettings):
-    if not s.reject_bad_updates and s.aggregation == "fedavg":
+    if not s.reject_bad_updates and s.aggregation == "fedavg" and not s.clip_factor and s.robust_mean == "mean":
         return InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=True)
     return GuardedAggregator(outlier_factor=s.outlier_factor if s.reject_bad_updates else 0.0, aggregation=s.aggregation,
-                             temperature=s.fedsca_temperature)
+                             temperature=s.fedsca_temperature, max_samples=s.max_samples, clip_factor=s.clip_factor,
+                             robust_mean=s.robust_mean, trim=s.trim)
 
 
 def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_code: bool = False) -> FedJob:
@@ -188,26 +231,32 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
                  meta_props={"deploy_map": {"app": ["server", *clients]}, "scope": get_method(s.method).privacy_scope})
     job.set_app_packages(["fedfms"])  # installed at every participant (or embedded below), never copied per class
 
-    job.to_server(PlannedModelPersistor() if planned else TransmittedModelPersistor(), id="persistor")
+    resume = s.resume_from or ""
+    persistor_class = PlannedModelPersistor if planned else TransmittedModelPersistor
+    persistor = persistor_class(source_ckpt_file_full_name=str(Path(resume) / GLOBAL_MODEL_IN_RUN)) \
+        if resume else persistor_class()
+    job.to_server(persistor, id="persistor")
     job.to_server(FullModelShareableGenerator(), id="shareable_generator")
     job.to_server(_aggregator(s), id="aggregator")
-    # Best global model = highest validation Dice of the received model, weighted by samples.
-    job.to_server(IntimeModelSelector(weigh_by_local_iter=True, key_metric=VAL_DICE), id="model_selector")
+    # Best global model = highest validation Dice of the received model, weighted by samples, over the
+    # results the aggregator accepted.
+    job.to_server(AcceptedModelSelector(weigh_by_local_iter=True, key_metric=VAL_DICE), id="model_selector")
     job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
     job.to_server(ValidationJsonGenerator(), id="json_generator")
     job.to_server(TBAnalyticsReceiver(), id="tb_analytics_receiver")
-    job.to_server(JobReport(train_sites=train, held_out_sites=[client_name(x) for x in s.held_out]), id="report")
+    job.to_server(JobReport(train_sites=train, held_out_sites=[client_name(x) for x in s.held_out], resume_from=resume),
+                  id="report")
     if planned:  # workflows run in order: the plan, hence the network, exists before the first round
         job.to_server(NnUNetPlanning(train_sites=train, min_clients=s.min_training_results, task_timeout=s.train_timeout),
                       id="nnunet_planning")
     job.to_server(TrainingSitesScatterAndGather(
         train_sites=train, min_clients=s.min_training_results, num_rounds=s.profile.rounds,
         wait_time_after_min_received=s.wait_time_after_min_received, train_timeout=s.train_timeout,
-        persistor_id="persistor", aggregator_id="aggregator", shareable_generator_id="shareable_generator"),
-        id="scatter_and_gather")
+        persistor_id="persistor", aggregator_id="aggregator", shareable_generator_id="shareable_generator",
+        resume_from=resume), id="scatter_and_gather")
     if s.cross_site_eval:
-        job.to_server(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name=""),
-                      id="cross_site_model_eval")
+        job.to_server(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name="",
+                                         validation_timeout=s.cross_site_eval_timeout), id="cross_site_model_eval")
 
     folders = {client_name(x): x for x in s.all_sites if client_name(x) != x}
     executor = PlannedBundleExecutor if planned else BundleExecutor
@@ -215,13 +264,24 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
                    tasks=TASKS + PLANNING_TASKS if planned else TASKS)
     job.to_clients(TBWriter(), id="analytic_sender")
     job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed")
+    # Site filter chains, in order: the received model is float32 again before the DP tap remembers it,
+    # and the DP noise is added to the float32 update before the cast to float16.
+    site_in, site_out = [], []
     if s.half_precision:
         # The global model leaves the server as float16; site results are back to float32 before the
         # aggregator sees them; likewise at the sites.
         job.to_server(ToHalfPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
         job.to_server(ToFullPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
-        job.to_clients(ToFullPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
-        job.to_clients(ToHalfPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+        site_in.append(ToFullPrecision())
+        site_out.append(ToHalfPrecision())
+    if s.dp_clip_norm:
+        site_in.append(DPGlobalModelTap())
+        site_out.insert(0, GaussianUpdateDP(clip_norm=s.dp_clip_norm, noise_multiplier=s.dp_noise_multiplier,
+                                            delta=s.dp_delta))
+    for data_filter in site_in:
+        job.to_clients(data_filter, filter_type=FilterType.TASK_DATA, tasks=TASKS)
+    for result_filter in site_out:
+        job.to_clients(result_filter, filter_type=FilterType.TASK_RESULT, tasks=TASKS)
 
     bundle_dir = str(Path(BUNDLE_IN_APP).relative_to("config"))
     job.add_file_to_clients(str(bundle_configs), dest_dir=f"{bundle_dir}/configs", app_folder_type="config")

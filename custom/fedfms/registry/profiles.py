@@ -8,10 +8,12 @@ applies. ``paper`` reproduces the paper; ``demo`` runs on a CPU in minutes.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, replace
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
-from fedfms.core.options import as_choice, as_float, as_int
+from fedfms.bundle.precision import parse_amp, parse_amp_dtype
+from fedfms.core.options import as_bool, as_choice, as_float, as_int
 from fedfms.networks.configs import DEFAULT_MODEL_TYPE, ENCODER_CONFIGS, SAM_IMAGE_SIZE
 
 from .datasets import Dataset
@@ -33,7 +35,11 @@ class Profile:
     keep theirs); cpu_threads: OpenMP threads of each training or evaluation process (None =
     torch's default, all cores; small models on a busy CPU run several times faster with 1, because idle
     threads spin-wait); checkpoint: the trained model a study evaluates, "best" (highest validation Dice
-    on the source sites) or "final"; description: one line for ``--help``.
+    on the source sites) or "final"; amp / amp_dtype: mixed precision (``fedfms.bundle.precision``: True,
+    False or "auto"; "auto", "bfloat16" or "float16"), None = the bundle's default ("auto": on for CUDA
+    and for CPUs with native bfloat16); activation_checkpointing: recompute the SAM encoder's blocks in
+    the backward pass (less memory, more time; SAM methods only), None = the bundle's default (off);
+    description: one line for ``--help``.
     """
 
     name: str
@@ -46,6 +52,9 @@ class Profile:
     num_workers: Optional[int] = None
     cpu_threads: Optional[int] = None
     checkpoint: str = "best"
+    amp: Optional[Union[bool, str]] = None
+    amp_dtype: Optional[str] = None
+    activation_checkpointing: Optional[bool] = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -58,6 +67,12 @@ class Profile:
                 typed[name] = as_int(name, getattr(self, name), minimum)
         if self.learning_rate is not None:
             typed["learning_rate"] = as_float("learning_rate", self.learning_rate, above=0)
+        if self.amp is not None:
+            typed["amp"] = parse_amp("amp", self.amp)
+        if self.amp_dtype is not None:
+            typed["amp_dtype"] = parse_amp_dtype("amp_dtype", self.amp_dtype)
+        if self.activation_checkpointing is not None:
+            typed["activation_checkpointing"] = as_bool("activation_checkpointing", self.activation_checkpointing)
         for name, value in typed.items():
             object.__setattr__(self, name, value)  # frozen dataclass: store the converted value
 
@@ -85,6 +100,24 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
+    """The command-line options of the compute fields (amp, amp_dtype, activation_checkpointing), the
+    same in every tool that trains; absent = the profile's value."""
+    parser.add_argument("--amp", choices=["auto", "true", "false"],
+                        help="mixed precision (autocast); default from the profile, else the bundle's 'auto' "
+                             "(on for CUDA and for CPUs with native bfloat16)")
+    parser.add_argument("--amp-dtype", choices=["auto", "bfloat16", "float16"],
+                        help="autocast dtype (float16: CUDA only); default from the profile, else 'auto'")
+    parser.add_argument("--activation-checkpointing", choices=["true", "false"],
+                        help="recompute the SAM encoder's blocks in the backward pass (less memory, more time); "
+                             "default from the profile, else off")
+
+
+def compute_overrides(args: argparse.Namespace) -> Dict[str, object]:
+    """The compute fields given on the command line (see add_compute_options), for Profile.override."""
+    return {"amp": args.amp, "amp_dtype": args.amp_dtype, "activation_checkpointing": args.activation_checkpointing}
+
+
 def bundle_overrides(method: Method, dataset: Dataset, profile: Profile) -> Dict[str, object]:
     """The bundle configuration overrides that train ``method`` on ``dataset`` with ``profile``: the
     same for a federated job (server and every site) and a centralized run, so both compare like with like."""
@@ -95,7 +128,9 @@ def bundle_overrides(method: Method, dataset: Dataset, profile: Profile) -> Dict
         overrides["image_size"] = profile.image_size
     batch_size = profile.batch_size or method.batch_size(dataset.name)
     learning_rate = None if method.own_learning_rate else profile.learning_rate
-    optional = {"batch_size": batch_size, "learning_rate": learning_rate, "num_workers": profile.num_workers}
+    optional = {"batch_size": batch_size, "learning_rate": learning_rate, "num_workers": profile.num_workers,
+                "amp": profile.amp, "amp_dtype": profile.amp_dtype,
+                "activation_checkpointing": profile.activation_checkpointing if method.uses_sam else None}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if method.lr_schedule:
         overrides["lr_schedule_epochs"] = profile.rounds * profile.local_epochs

@@ -1,9 +1,12 @@
-"""Training-efficiency measurements of FedSAM vs FedMSA models on this machine.
+"""Training-efficiency measurements with the paper's Table 2 columns, one configuration per process.
 
-One measurement = one network at one size, in its own process (so peak memory is that model's alone):
-parameters (total, trainable, transmitted), bytes sent per round, FLOPs of one training step
-(forward + backward, counted by torch's FlopCounterMode), median wall time of a training step
-(Adam, BCEWithLogits with pos_weight 2, as in training) and the process's peak resident memory.
+A row is a ``Configuration`` (a network and how it computes: attention, autocast, activation
+checkpointing) measured at one encoder, image size and batch size, in a fresh process so peak memory
+is that row's alone: learnable (trainable) parameters, bytes sent per round each way, FLOPs of one
+training step (forward + backward as executed, torch's FlopCounterMode), median wall time of a training
+step (Adam, BCEWithLogits with pos_weight 2, as the bundles train), peak memory of training (CUDA:
+``torch.cuda.max_memory_allocated``; CPU: the process's peak resident memory) and median predict time
+per image (batch 1, no gradient). Ratios are taken against a row's ``baseline`` measured in the same run.
 """
 
 import json
@@ -12,33 +15,98 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from fedfms.bundle.precision import resolve_precision
 from fedfms.networks import transmitted_state
 from fedfms.registry.methods import network_class
+
+#: A failing row records this much of the child's error output.
+ERROR_TAIL = 600
+
+
+def payload_bytes(state: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
+    """(upload, download) bytes per site and round: the transmitted tensors as they are held; a site
+    uploads its trained tensors and downloads the global model's, the same names and shapes."""
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    return size, size
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One row of the benchmark: ``network`` ("sam" | "msa") with the segmenter / bundle options it
+    runs with; ``baseline`` names the row its ratios are taken against; ``wire_bytes`` maps the
+    transmitted state to (upload, download) bytes per round (an update-compression row brings its own)."""
+
+    label: str
+    network: str
+    attention: str = "sdpa"
+    amp: Union[bool, str] = "auto"
+    amp_dtype: str = "auto"
+    activation_checkpointing: bool = False
+    baseline: Optional[str] = None
+    wire_bytes: Callable[[Mapping[str, torch.Tensor]], Tuple[int, int]] = field(default=payload_bytes, compare=False)
+
+
+#: The benchmark's rows, in table order (``--configs`` picks a subset). The reference paths compute as
+#: the paper's code does: float32, segment_anything's attention, no activation checkpointing.
+CONFIGURATIONS: Dict[str, Configuration] = {
+    "fedsam_reference": Configuration("FedSAM fp32 (reference path)", "sam", attention="sam", amp=False),
+    "fedsam_defaults": Configuration("FedSAM, bundle defaults", "sam", baseline="fedsam_reference"),
+    "fedmsa_reference": Configuration("FedMSA fp32 (reference path)", "msa", attention="sam", amp=False),
+    "fedmsa_defaults": Configuration("FedMSA, bundle defaults", "msa", baseline="fedmsa_reference"),
+    "fedmsa_checkpointing": Configuration(
+        "FedMSA, bundle defaults + activation checkpointing", "msa", activation_checkpointing=True,
+        baseline="fedmsa_reference",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class EfficiencyResult:
+    config: str
+    label: str
     network: str
     model_type: str
     image_size: int
     batch_size: int
     device: str
-    total_params: int
-    trainable_params: int
-    transmitted_params: int
-    transmitted_bytes: int
-    train_step_tflops: float
-    train_step_seconds: float
-    peak_memory_mib: float
+    precision: str
+    status: str  # "ok" or why the row has no measurement (e.g. "out of memory")
+    total_params: int = 0
+    trainable_params: int = 0
+    upload_bytes: int = 0
+    download_bytes: int = 0
+    train_step_tflops: float = 0.0
+    train_step_seconds: float = 0.0
+    train_step_cpu_seconds: float = 0.0
+    peak_memory_mib: float = 0.0
+    predict_seconds_per_image: float = 0.0
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting the CPU flash-attention kernel SDPA runs on CPU.
+
+    Its registry covers the CUDA SDPA kernels only; the CPU ops are torch internals (aten names), so
+    tests/networks/test_efficiency.py checks the count of one SDPA call against the formula."""
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:  # shapes, as for the CUDA ops
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    ops = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        ops._scaled_dot_product_flash_attention_for_cpu: forward,
+        ops._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -47,84 +115,146 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _timed(fn: Callable[[], None], repeats: int, device: torch.device) -> Tuple[float, float]:
+    """Median wall time and median CPU time (all threads of this process) of ``repeats`` calls of
+    ``fn``, waiting for the device after each."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def measure_in_process(
-    network: str,
+    config: str,
     model_type: str,
     image_size: int,
     batch_size: int = 1,
     steps: int = 3,
     device: str = "cpu",
     checkpoint: Optional[str] = None,
-    activation_checkpointing: bool = False,
+    threads: Optional[int] = None,
 ) -> EfficiencyResult:
-    """Measure one configuration in the current process (see ``measure`` for a clean process)."""
+    """Measure the configuration named ``config`` (a key of CONFIGURATIONS) in the current process;
+    ``measure`` runs it in a clean one. One counted training step (it also warms up) comes first,
+    then ``steps`` timed steps, then ``steps`` timed predictions of one image. ``threads``: CPU threads
+    (torch.set_num_threads; default torch's choice)."""
+    spec = CONFIGURATIONS[config]
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(1337)
     dev = torch.device(device)
-    model = network_class(network)(
-        model_type=model_type, image_size=image_size, checkpoint=checkpoint,
-        activation_checkpointing=activation_checkpointing,
-    ).to(dev).train()
+    precision = resolve_precision(spec.amp, spec.amp_dtype, dev)
+    with dev:  # build on the device: no host copy of a ViT-L, no slow CPU init on a GPU machine
+        model = network_class(spec.network)(
+            model_type=model_type, image_size=image_size, checkpoint=checkpoint,
+            activation_checkpointing=spec.activation_checkpointing, attention=spec.attention,
+        ).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=1e-4, betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision.needs_grad_scaler)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.full((1, 1, 1), 2.0, device=dev))
     images = torch.rand(batch_size, 3, image_size, image_size, device=dev)
     labels = (torch.rand(batch_size, 1, image_size // 4, image_size // 4, device=dev) > 0.5).float()
 
-    def step() -> None:
+    def step() -> None:  # what the bundles' SupervisedTrainer + AutocastInferer do per iteration
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(images), labels).backward()
-        optimizer.step()
+        with precision.autocast():
+            logits = model(images)
+        scaler.scale(loss_fn(logits.float(), labels)).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
-    with FlopCounterMode(display=False) as counter:  # the first step also warms up
+    with flop_counter() as counter:
         step()
-    times = []
-    for _ in range(steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - start)
-    sent = transmitted_state(model)
+    step_seconds, step_cpu_seconds = _timed(step, steps, dev)
+    peak = _peak_memory_mib(dev)
+    model.eval()
+    one_image = images[:1]
+
+    def predict() -> None:
+        with torch.no_grad(), precision.autocast():
+            model(one_image)
+
+    predict()  # warm-up
+    predict_seconds, _ = _timed(predict, steps, dev)
+    upload, download = spec.wire_bytes(transmitted_state(model))
     return EfficiencyResult(
-        network=network,
-        model_type=model_type,
-        image_size=image_size,
-        batch_size=batch_size,
-        device=device,
+        config=config, label=spec.label, network=spec.network, model_type=model_type, image_size=image_size,
+        batch_size=batch_size, device=device, precision=precision.describe(), status="ok",
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in trainable),
-        transmitted_params=sum(t.numel() for t in sent.values()),
-        transmitted_bytes=sum(t.numel() * t.element_size() for t in sent.values()),
+        upload_bytes=upload, download_bytes=download,
         train_step_tflops=counter.get_total_flops() / 1e12,
-        train_step_seconds=statistics.median(times),
-        peak_memory_mib=_peak_memory_mib(dev),
+        train_step_seconds=step_seconds,
+        train_step_cpu_seconds=step_cpu_seconds,
+        peak_memory_mib=peak,
+        predict_seconds_per_image=predict_seconds,
     )
 
 
-def measure(network: str, model_type: str, image_size: int, **options) -> EfficiencyResult:
-    """Measure one configuration in a fresh Python process, so peak memory is not shared."""
-    call = dict(network=network, model_type=model_type, image_size=image_size, **options)
+def measure(config: str, model_type: str, image_size: int, timeout: Optional[float] = None, **options) -> EfficiencyResult:
+    """Measure one configuration in a fresh Python process, so peak memory is not shared. A child
+    that runs out of memory, fails or exceeds ``timeout`` seconds gives a row whose ``status`` says so."""
+    call = dict(config=config, model_type=model_type, image_size=image_size, **options)
     code = (
         "import json, sys; from fedfms.reporting.efficiency import measure_in_process; "
         "print(json.dumps(measure_in_process(**json.loads(sys.argv[1])).as_dict()))"
     )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(call)], capture_output=True, text=True)
+    spec = CONFIGURATIONS[config]
+    failed = dict(config=config, label=spec.label, network=spec.network, model_type=model_type, image_size=image_size,
+                  batch_size=options.get("batch_size", 1), device=options.get("device", "cpu"), precision="-")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(call)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return EfficiencyResult(**failed, status=f"timed out after {timeout:.0f} s")
     if done.returncode != 0:
-        raise RuntimeError(f"measuring {call} failed:\n{done.stderr[-2000:]}")
+        tail = done.stderr.strip()[-ERROR_TAIL:]
+        oom = "OutOfMemoryError" in tail or "out of memory" in tail.lower() or done.returncode == -9
+        return EfficiencyResult(**failed, status="out of memory" if oom else f"failed: {tail.splitlines()[-1] if tail else done.returncode}")
     return EfficiencyResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def ratios(result: EfficiencyResult, results: List[EfficiencyResult]) -> Optional[Dict[str, float]]:
+    """Against the row's baseline measured at the same model type, image size and batch size (None
+    without one): speed-up = baseline step time / this one (on CPU by CPU time, which neighbours' load
+    on a shared machine changes far less than wall time; on CUDA by wall time), memory ratio = this peak
+    / baseline peak, and the FLOPs ratio."""
+    baseline_name = CONFIGURATIONS[result.config].baseline
+    match = [r for r in results if r.config == baseline_name and r.status == "ok" and
+             (r.model_type, r.image_size, r.batch_size) == (result.model_type, result.image_size, result.batch_size)]
+    if not match or result.status != "ok":
+        return None
+    base = match[0]
+    timing = "train_step_cpu_seconds" if result.device == "cpu" else "train_step_seconds"
+    return {"speedup": getattr(base, timing) / getattr(result, timing),
+            "memory_ratio": result.peak_memory_mib / base.peak_memory_mib,
+            "flops_ratio": result.train_step_tflops / base.train_step_tflops}
+
+
 def markdown_table(results: List[EfficiencyResult]) -> str:
-    """The results as a markdown table, one row per configuration."""
-    head = ("| model | input | batch | device | trainable | sent per round | TFLOPs per step (fwd+bwd) "
-            "| s per step | peak memory |\n|---|---|---|---|---|---|---|---|---|")
-    names = {"sam": "FedSAM", "msa": "FedMSA"}
-    rows = [
-        f"| {names[r.network]} {r.model_type} | {r.image_size} | {r.batch_size} | {r.device} "
-        f"| {r.trainable_params / 1e6:.2f} M | {r.transmitted_bytes / 2**20:.1f} MiB | {r.train_step_tflops:.3g} "
-        f"| {r.train_step_seconds:.2f} | {r.peak_memory_mib:,.0f} MiB |"
-        for r in results
-    ]
+    """The results as a markdown table with the paper's Table 2 columns, one row per measurement."""
+    head = ("| configuration | encoder | input | batch | compute | learnable | MiB up / down per round "
+            "| TFLOPs per step (fwd+bwd) | s per step (wall / CPU) | peak memory | s per image (predict) | vs baseline |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for r in results:
+        if r.status != "ok":
+            rows.append(f"| {r.label} | {r.model_type} | {r.image_size} | {r.batch_size} | - | {r.status} |  |  |  |  |  |  |")
+            continue
+        ratio = ratios(r, results)
+        versus = f"{ratio['speedup']:.2f}x speed, {ratio['memory_ratio']:.2f}x memory" if ratio else "-"
+        rows.append(
+            f"| {r.label} | {r.model_type} | {r.image_size} | {r.batch_size} | {r.precision} "
+            f"| {r.trainable_params / 1e6:.2f} M | {r.upload_bytes / 2**20:.1f} / {r.download_bytes / 2**20:.1f} "
+            f"| {r.train_step_tflops:.3g} | {r.train_step_seconds:.2f} / {r.train_step_cpu_seconds:.2f} | {r.peak_memory_mib:,.0f} MiB "
+            f"| {r.predict_seconds_per_image:.3f} | {versus} |"
+        )
     return "\n".join([head, *rows])

@@ -3,27 +3,36 @@
 ``GuardedAggregator`` is NVFlare's ``InTimeAccumulateWeightedAggregator`` with two hooks:
 
 * ``accept`` rejects a site's result at once (logged with site and reason) when it holds a non-finite
-  value, or tensor names / shapes other than the current global model's; valid results are held
-  until the round's aggregation;
+  value, tensor names / shapes / dtypes other than the current global model's, or a sample count n_k
+  that is not a finite positive integer, exceeds ``max_samples`` or differs from the value the site
+  reported first in this job (a site's data do not change mid-job); valid results are held until the
+  round's aggregation;
 * ``aggregate`` then rejects updates whose L2 distance from the global model is an outlier
   (> ``outlier_factor`` x the median distance of the round's valid results, only with at least
-  ``min_sites_for_outliers`` of them), sets each remaining site's aggregation weight (1 for FedAvg;
-  the similarity weight for FedSCA) and hands the results to the parent's ``accept`` / ``aggregate``:
-  the weighted mean itself (weights x NUM_STEPS_CURRENT_ROUND = n_k, normalised) is NVFlare's.
+  ``min_sites_for_outliers`` of them), optionally clips each update's L2 norm to ``clip_factor`` x
+  the median norm of the accepted updates of the last ``clip_history`` rounds (:func:`clip_bound`),
+  sets each remaining site's aggregation weight (1 for FedAvg; the similarity weight for FedSCA) and
+  averages: NVFlare's weighted mean (weights x NUM_STEPS_CURRENT_ROUND = n_k, normalised) for
+  ``robust_mean="mean"``, or, with three or more results, a coordinate-wise n_k-weighted trimmed mean
+  or median (:func:`trimmed_mean`).
 
 Holding the round's results costs memory (sites x transmitted model; FedSAM ViT-B: 373 MB per site);
 the outlier test needs the median over the whole round, which an in-time accumulator cannot revise.
 
-The pure functions (:func:`check_update`, :func:`update_distances`, :func:`outliers`,
-:func:`fedsca_weights`) take ``{name: array}`` dicts and are what the aggregator calls.
+The pure functions (:func:`check_update`, :func:`check_sample_count`, :func:`update_distances`,
+:func:`outliers`, :func:`clip_bound`, :func:`clip_update`, :func:`trimmed_mean`, :func:`fedsca_weights`)
+take ``{name: array}`` dicts and are what the aggregator calls.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+import math
+from collections import deque
+from numbers import Real
+from typing import Deque, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
@@ -31,28 +40,52 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.app_constant import AppConstants
 
+from .finite import nonfinite
+
 Weights = Mapping[str, np.ndarray]
 #: aggregation name -> what sets each site's weight (besides n_k, which NVFlare multiplies in)
 AGGREGATIONS = ("fedavg", "fedsca")
+#: how the accepted (and possibly clipped) results are averaged: NVFlare's weighted mean, or per
+#: coordinate an n_k-weighted mean without the ``trim`` lowest and highest values, or the weighted median
+ROBUST_MEANS = ("mean", "trimmed_mean", "median")
 #: Defaults of the outlier test's factor k and of the FedSCA softmax temperature (jobs use these too).
 OUTLIER_FACTOR, FEDSCA_TEMPERATURE = 5.0, 0.1
+#: Default of the update-norm clipping: factor x the median accepted norm of the last CLIP_HISTORY rounds.
+CLIP_FACTOR, CLIP_HISTORY = 3.0, 5
 #: FL context property {site: reason} of the round's rejected results, set by aggregate() for the
-#: ROUND_DONE handlers (fedfms.runtime.report.JobReport).
+#: ROUND_DONE handlers (fedfms.runtime.report.JobReport) and the best-model selector.
 REJECTED_UPDATES = "fedfms_rejected_updates"
+#: FL context property with what aggregate() did: {"rule", "update_norms", "clip_bound", "clipped"}.
+AGGREGATION_NOTES = "fedfms_aggregation_notes"
 
 
 def check_update(weights: Weights, reference: Weights) -> Optional[str]:
     """Why ``weights`` cannot be aggregated with ``reference`` (the global model), or None if it can:
-    tensor names differ, a shape differs, or a value is NaN/inf. The reason names the tensors."""
+    tensor names differ, a shape or dtype differs, or a value is NaN/inf. The reason names the tensors."""
     unexpected, missing = sorted(set(weights) - set(reference)), sorted(set(reference) - set(weights))
     if unexpected or missing:
         return f"tensor names differ from the global model (unexpected: {unexpected[:5]}, missing: {missing[:5]})"
     for name in sorted(reference):
-        value = np.asarray(weights[name])
-        if value.shape != np.shape(reference[name]):
-            return f"tensor {name} has shape {value.shape}, the global model's is {np.shape(reference[name])}"
-        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
-            return f"tensor {name} holds {int((~np.isfinite(value)).sum())} non-finite values"
+        value, expected = np.asarray(weights[name]), np.asarray(reference[name])
+        if value.shape != expected.shape:
+            return f"tensor {name} has shape {value.shape}, the global model's is {expected.shape}"
+        if value.dtype != expected.dtype:  # a float64 upload would turn the global model float64
+            return f"tensor {name} has dtype {value.dtype}, the global model's is {expected.dtype}"
+    return nonfinite(weights)
+
+
+def check_sample_count(n: object, pinned: Optional[int] = None, maximum: int = 0) -> Optional[str]:
+    """Why ``n`` (a result's NUM_STEPS_CURRENT_ROUND, the site's n_k) cannot weight an average, or None:
+    it must be a finite positive integer, at most ``maximum`` (0 = no bound) and equal to ``pinned`` (the
+    site's first accepted value in this job) when given."""
+    if isinstance(n, bool) or not isinstance(n, Real):
+        return f"sample count n_k {n!r} is not a number"
+    if not math.isfinite(float(n)) or float(n) <= 0 or float(n) != int(n):
+        return f"sample count n_k {n!r} is not a finite positive integer"
+    if maximum and n > maximum:
+        return f"sample count n_k {int(n)} exceeds the job's max_samples {maximum}"
+    if pinned is not None and int(n) != pinned:
+        return f"sample count n_k {int(n)} differs from the {pinned} this site reported first (a site's data do not change during a job)"
     return None
 
 
@@ -78,6 +111,61 @@ def outliers(distances: Mapping[str, float], factor: float, min_sites: int = 3) 
             for site, d in distances.items() if d > factor * median}
 
 
+def clip_bound(history: Sequence[float], norms: Sequence[float], factor: float) -> Optional[float]:
+    """The L2 bound of this round's updates: ``factor`` x the median of ``history`` (the accepted, clipped
+    update norms of the last rounds); without history (the first round) ``factor`` x the lower median of
+    this round's ``norms``, so that with two results the larger one is bounded by the smaller one. None
+    when ``factor`` <= 0 or there is nothing to compare with."""
+    if factor <= 0:
+        return None
+    if history:
+        return factor * float(np.median(history))
+    if not norms:
+        return None
+    return factor * float(np.sort(np.asarray(norms, np.float64))[(len(norms) - 1) // 2])
+
+
+def clip_update(weights: Weights, reference: Weights, norm: float, bound: float) -> Dict[str, np.ndarray]:
+    """``reference + (weights - reference) x bound / norm`` on the floating-point tensors (dtypes kept):
+    the update scaled down to L2 norm ``bound``. Other tensors are returned unchanged."""
+    scale = bound / norm
+    out = {}
+    for name, value in weights.items():
+        ref = np.asarray(reference[name])
+        if np.issubdtype(ref.dtype, np.floating):
+            out[name] = (ref.astype(np.float64) + (np.asarray(value, np.float64) - ref) * scale).astype(ref.dtype)
+        else:
+            out[name] = np.asarray(value)
+    return out
+
+
+def trimmed_mean(results: Mapping[str, Weights], weights: Mapping[str, float], trim: int) -> Dict[str, np.ndarray]:
+    """Coordinate-wise weighted trimmed mean: for every value, drop the ``trim`` lowest and ``trim`` highest
+    of the sites' values, then average the rest weighted by ``weights`` (n_k x the site's aggregation
+    weight). ``trim`` = (n - 1) // 2 gives the weighted median of the middle one or two values. Needs
+    n > 2 trim sites. Integer tensors (counters) are averaged without trimming and rounded. Tensors are
+    processed one at a time (memory: sites x the largest tensor)."""
+    sites = sorted(results)
+    n = len(sites)
+    if trim < 0 or n <= 2 * trim:
+        raise ValueError(f"a trimmed mean dropping {trim} values each side needs more than {2 * trim} results, got {n}")
+    w = np.asarray([weights[s] for s in sites], np.float64)
+    out = {}
+    for name in results[sites[0]]:
+        stack = np.stack([np.asarray(results[s][name]) for s in sites])
+        dtype = stack.dtype
+        values = stack.astype(np.float64)
+        if not np.issubdtype(dtype, np.floating):
+            mean = np.tensordot(w, values, axes=1) / w.sum()
+            out[name] = np.rint(mean).astype(dtype)
+            continue
+        order = np.argsort(values, axis=0, kind="stable")[trim:n - trim]
+        kept = np.take_along_axis(values, order, axis=0)
+        kept_w = w[order]
+        out[name] = ((kept * kept_w).sum(axis=0) / kept_w.sum(axis=0)).astype(dtype)
+    return out
+
+
 def fedsca_weights(results: Mapping[str, Weights], reference: Weights, temperature: float) -> Dict[str, float]:
     """Similarity-guided weights (our interpretation of FedSCA): s_k = mean cosine similarity of site
     k's update to the other sites' updates; weight_k = softmax(s / temperature)_k. A site whose update
@@ -95,7 +183,8 @@ def fedsca_weights(results: Mapping[str, Weights], reference: Weights, temperatu
 
 
 class GuardedAggregator(InTimeAccumulateWeightedAggregator):
-    """InTimeAccumulateWeightedAggregator that rejects bad updates and can weight by similarity.
+    """InTimeAccumulateWeightedAggregator that rejects bad updates, can bound the influence of one
+    misbehaving site and can weight by similarity.
 
     Args:
         outlier_factor: reject an update farther from the global model than this x the round's median
@@ -103,6 +192,15 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         min_sites_for_outliers: the outlier test needs at least this many valid results in the round.
         aggregation: "fedavg" (weights n_k) or "fedsca" (weights n_k x softmax(similarity / temperature)).
         temperature: FedSCA softmax temperature (cosine similarities lie in [-1, 1]).
+        max_samples: reject a result whose n_k exceeds this (0 = no bound).
+        pin_samples: reject a result whose n_k differs from the site's first aggregated n_k of the job.
+        clip_factor: clip each update's L2 norm to this x the median accepted norm of the last
+            ``clip_history`` rounds (first round: x the round's lower median); 0 = no clipping.
+        clip_history: rounds of accepted update norms the clipping bound looks back on.
+        robust_mean: "mean" (NVFlare's n_k-weighted mean), "trimmed_mean" (per coordinate, drop the
+            ``trim`` lowest and highest values, n_k-weighted mean of the rest) or "median"; the last two
+            need at least 2 trim + 1 (median: 3) results and fall back to the mean otherwise.
+        trim: values dropped on each side by the trimmed mean (the number of misbehaving sites defended).
         args, kwargs: InTimeAccumulateWeightedAggregator's (expected_data_kind must be WEIGHTS); both
             declared so that NVFlare's Job API writes them into the job config.
 
@@ -110,11 +208,18 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
     """
 
     def __init__(self, *args, outlier_factor: float = OUTLIER_FACTOR, min_sites_for_outliers: int = 3,
-                 aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE, **kwargs):
+                 aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE,
+                 max_samples: int = 0, pin_samples: bool = True, clip_factor: float = 0.0,
+                 clip_history: int = CLIP_HISTORY, robust_mean: str = ROBUST_MEANS[0], trim: int = 1, **kwargs):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+        if robust_mean not in ROBUST_MEANS:
+            raise ValueError(f"unknown robust_mean {robust_mean!r}; expected one of {ROBUST_MEANS}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if max_samples < 0 or clip_factor < 0 or clip_history < 1 or trim < 1:
+            raise ValueError(f"need max_samples >= 0, clip_factor >= 0, clip_history >= 1, trim >= 1; got "
+                             f"{max_samples}, {clip_factor}, {clip_history}, {trim}")
         kwargs.setdefault("expected_data_kind", DataKind.WEIGHTS)
         if kwargs["expected_data_kind"] != DataKind.WEIGHTS:
             raise ValueError("GuardedAggregator aggregates WEIGHTS (full transmitted models) only")
@@ -123,8 +228,13 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         self.min_sites_for_outliers = int(min_sites_for_outliers)
         self.aggregation = aggregation
         self.temperature = float(temperature)
+        self.max_samples, self.pin_samples = int(max_samples), bool(pin_samples)
+        self.clip_factor, self.clip_history = float(clip_factor), int(clip_history)
+        self.robust_mean, self.trim = robust_mean, int(trim)
         self._held: Dict[str, Shareable] = {}
         self._rejected: Dict[str, str] = {}
+        self._pinned: Dict[str, int] = {}
+        self._norm_history: Deque[List[float]] = deque(maxlen=self.clip_history)
 
     @staticmethod
     def _global_weights(fl_ctx: FLContext) -> Weights:
@@ -156,7 +266,9 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         if dxo.data_kind != DataKind.WEIGHTS:
             reason = f"data kind {dxo.data_kind}, expected {DataKind.WEIGHTS}"
         else:
-            reason = check_update(dxo.data or {}, self._global_weights(fl_ctx))
+            reason = check_sample_count(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
+                                        self._pinned.get(site) if self.pin_samples else None, self.max_samples)
+            reason = reason or check_update(dxo.data or {}, self._global_weights(fl_ctx))
         if reason:
             self._reject(site, reason, fl_ctx)
             return False
@@ -173,7 +285,7 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         super().reset(fl_ctx)
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        """Drop outliers, set the sites' weights and aggregate the rest with NVFlare's weighted mean."""
+        """Drop outliers, clip, set the sites' weights and average the rest."""
         held, self._held = self._held, {}
         round_ = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         reference = self._global_weights(fl_ctx)
@@ -184,12 +296,39 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
             del results[site]
         fl_ctx.set_prop(REJECTED_UPDATES, dict(self._rejected), private=True, sticky=False)
         self._rejected = {}
+
+        norms = {site: distances[site] for site in results}
+        history = [n for past in self._norm_history for n in past]
+        bound = clip_bound(history, list(norms.values()), self.clip_factor)
+        clipped = {}
+        for site in sorted(results):
+            if bound is not None and norms[site] > bound > 0:
+                results[site] = clip_update(results[site], reference, norms[site], bound)
+                clipped[site] = round(norms[site] / bound, 4)
+                dxo = from_shareable(held[site])
+                dxo.data = results[site]
+                dxo.update_shareable(held[site])
+        if clipped:
+            self.log_warning(fl_ctx, f"round {round_}: updates clipped to L2 norm {bound:.4g} (norm / bound: {clipped})")
+        self._norm_history.append([min(n, bound) if bound else n for n in norms.values()])
+        counts = {site: int(from_shareable(held[site]).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)) for site in results}
+        for site, n in counts.items():
+            self._pinned.setdefault(site, n)
+
         if self.aggregation == "fedsca" and results:
             weights = fedsca_weights(results, reference, self.temperature)
         else:
             weights = {site: 1.0 for site in results}
-        self.log_info(fl_ctx, f"round {round_}: aggregating {sorted(results)} with {self.aggregation} "
-                              f"weights {({s: round(w, 4) for s, w in weights.items()})} (x n_k)")
+        trim = (len(results) - 1) // 2 if self.robust_mean == "median" else self.trim
+        rule = self.robust_mean if self.robust_mean != "mean" and trim >= 1 and len(results) > 2 * trim else "mean"
+        fl_ctx.set_prop(AGGREGATION_NOTES, {"rule": rule, "update_norms": {s: round(n, 6) for s, n in norms.items()},
+                                            "clip_bound": bound, "clipped": clipped}, private=True, sticky=False)
+        self.log_info(fl_ctx, f"round {round_}: aggregating {sorted(results)} with {self.aggregation} weights "
+                              f"{({s: round(w, 4) for s, w in weights.items()})} (x n_k), {rule}; update norms "
+                              f"{({s: round(n, 4) for s, n in norms.items()})}")
+        if rule != "mean":
+            n_k = {s: counts[s] * weights[s] for s in results}
+            return DXO(DataKind.WEIGHTS, trimmed_mean(results, n_k, trim)).to_shareable()
         for aggregator in self.dxo_aggregators.values():
             aggregator.aggregation_weights = weights
         for site in results:

@@ -1,8 +1,8 @@
 """The site side of a fedfms job: an NVFlare Executor that runs the job's MONAI bundle.
 
 Each round (task "train") the site
-1. accepts the global model only if it holds exactly its transmitted tensors (``selection``) and was
-   built on the same frozen weights (fingerprint in the DXO meta),
+1. accepts the global model only if it holds exactly its transmitted tensors (``selection``), every value
+   is finite, and it was built on the same frozen weights (fingerprint in the DXO meta),
 2. validates it on the site's validation split (the bundle's ``validate#evaluator``),
 3. trains ``local_epochs`` epochs from it with the bundle's ``train#trainer`` (driven by
    ``monai.fl.client.MonaiAlgo``),
@@ -39,6 +39,7 @@ from fedfms.core.options import as_int
 from fedfms.core.wire import BUNDLE_IN_APP, BYTES_SENT, EVALUATE_CONFIG, FROZEN_SHA256, TEST_DICE, TRAIN_LOSS, VAL_DICE
 
 from .bundle_network import config_files, uses_sam_checkpoint
+from .finite import require_finite
 from .selection import (
     TransmissionError, check_incoming, frozen_fingerprint, select_outgoing, serialized_size, transmitted_names,
 )
@@ -207,7 +208,9 @@ class BundleExecutor(Executor):
                     f"{what} was built on other frozen weights than site {self.site}'s (SAM checkpoint "
                     f"{self.bundle_overrides.get('sam_checkpoint') or 'none: random init'}); the server and every "
                     "site must load the same SAM checkpoint file")
-        return ExchangeObject(weights=check_incoming(dxo.data, self.names, what))
+        weights = check_incoming(dxo.data, self.names, what)
+        require_finite(weights, what)  # a NaN global model must not be validated, trained or scored
+        return ExchangeObject(weights=weights)
 
     @staticmethod
     def _validate_received(algo: MonaiAlgo, model: ExchangeObject) -> Dict[str, float]:

@@ -9,13 +9,19 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from fedfms.core.wire import BUNDLE_IN_APP, FROZEN_SHA256
 
 from .bundle_network import build_bundle_network, uses_sam_checkpoint
+from .finite import NonFiniteModelError, nonfinite, require_finite
 from .selection import frozen_fingerprint, select_outgoing, transmitted_names
 from .site_config import resolve_sam_checkpoint
+
+
+#: train_conf key of a saved global model: the round whose aggregate it is
+ROUND_KEY = "fedfms_round"
 
 
 class TransmittedModelPersistor(PTFileModelPersistor):
@@ -31,14 +37,26 @@ class TransmittedModelPersistor(PTFileModelPersistor):
     workspace, see ``site_config``) so round 0 starts every site from the pretrained decoder; without
     one, SAM weights are random.
 
+    Every aggregated global model is checked before it is saved: one holding NaN/inf raises
+    ``NonFiniteModelError`` naming the round and tensor, which stops the job (ScatterAndGather turns the
+    exception into a system panic: the job ends with an error status, and the last good
+    FL_global_model.pt stays on disk). Saved files record the round in ``train_conf["fedfms_round"]``.
+
+    Resume (``source_ckpt_file_full_name``, PTFileModelPersistor's option, set by the job generator to
+    the crashed job's FL_global_model.pt): the file must hold a finite model with exactly this model's
+    tensor names and shapes and the same frozen weights, or the job stops naming the file and problem.
+
     Args:
         bundle_root: bundle folder relative to the app root (the job carries the bundle configs).
         overrides: further bundle config overrides (on top of configs/job.json).
+        source_ckpt_file_full_name: PTFileModelPersistor's: start from this saved global model (resume).
         kwargs: passed to PTFileModelPersistor (file names, load_device, ...).
     """
 
-    def __init__(self, bundle_root: str = BUNDLE_IN_APP, overrides: Optional[Mapping[str, object]] = None, **kwargs):
-        super().__init__(model=None, **kwargs)
+    def __init__(self, bundle_root: str = BUNDLE_IN_APP, overrides: Optional[Mapping[str, object]] = None,
+                 source_ckpt_file_full_name: Optional[str] = None, **kwargs):
+        # source_ckpt_file_full_name is declared so that NVFlare's Job API writes it into the job config
+        super().__init__(model=None, source_ckpt_file_full_name=source_ckpt_file_full_name, **kwargs)
         self.bundle_root = bundle_root
         self.overrides = overrides  # as given: NVFlare's Job API writes it back
         self.names: frozenset[str] = frozenset()
@@ -76,7 +94,50 @@ class TransmittedModelPersistor(PTFileModelPersistor):
         return make_model_learnable(weights, {**(ml.get(ModelLearnableKey.META) or {}), FROZEN_SHA256: self.fingerprint})
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
-        return self._transmitted(super().load_model(fl_ctx), "initial global model")
+        loaded = super().load_model(fl_ctx)
+        if loaded is not None and self.source_ckpt_file_full_name:
+            problem = self._resume_problem(dict(self.persistence_manager.var_dict), fl_ctx)
+            if problem:
+                self.system_panic(f"cannot resume from {self.source_ckpt_file_full_name}: {problem}", fl_ctx)
+                return None
+        return self._transmitted(loaded, "initial global model")
+
+    def _resume_problem(self, state: dict, fl_ctx: FLContext) -> Optional[str]:
+        """Why a resume checkpoint does not fit this job's model, or None (logs the round it holds)."""
+        own = self.model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            return f"tensor names differ from the job's model (missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+        shapes = [k for k in sorted(own) if tuple(state[k].shape) != tuple(own[k].shape)]
+        if shapes:
+            return f"tensor {shapes[0]} has shape {tuple(state[shapes[0]].shape)}, the job's model {tuple(own[shapes[0]].shape)}"
+        if frozen_fingerprint(state, self.names) != self.fingerprint:
+            return "its frozen (never trained) weights differ from the server's SAM checkpoint"
+        reason = nonfinite(state)
+        if reason:
+            return reason
+        saved = (self.persistence_manager.train_conf or {}).get(ROUND_KEY)
+        start = fl_ctx.get_prop(AppConstants.START_ROUND)
+        self.log_info(fl_ctx, f"resuming at round {start} from {self.source_ckpt_file_full_name} (global model of round {saved})")
+        if saved is not None and start is not None and saved != start - 1:
+            self.log_warning(fl_ctx, f"the checkpoint holds the global model of round {saved}, the job resumes at round "
+                                     f"{start}: the report of the crashed job ends at round {start - 1}")
+        return None
+
+    def save_model(self, ml: ModelLearnable, fl_ctx: FLContext) -> None:
+        """Save the aggregated global model (after a finiteness check), recording its round."""
+        round_ = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        reason = nonfinite(ml[ModelLearnableKey.WEIGHTS])
+        if reason:
+            message = (f"the aggregated global model of round {round_} is not finite ({reason}); not saved, the job "
+                       f"stops. The last finite global model is {self._ckpt_save_path}")
+            self.log_error(fl_ctx, message)
+            raise NonFiniteModelError(message)
+        manager = self._get_persistence_manager(fl_ctx)
+        manager.update(ml)
+        manager.train_conf = {**(manager.train_conf or {}), ROUND_KEY: round_}
+        require_finite(manager.var_dict, f"global model of round {round_}")  # the merged full state too
+        self.save_model_file(self._ckpt_save_path)
 
     def get_model(self, model_file: str, fl_ctx: FLContext) -> Optional[ModelLearnable]:
         return self._transmitted(super().get_model(model_file, fl_ctx), model_file)

@@ -2,14 +2,18 @@
 
 Per round it logs each training site's loss, validation Dice of the received global model and bytes
 sent, the sites' Dice weighted by training samples (the quantity the best model is chosen by), any
-training site that sent nothing (failed or timed out) and any result the aggregator rejected (with
-the reason, see ``aggregation.GuardedAggregator``). Files in the server's run folder:
+training site that sent nothing (failed or timed out), any result the aggregator rejected (with
+the reason, see ``aggregation.GuardedAggregator``; rejected results do not count in the weighted Dice),
+what the aggregator did (rule, update norms, clipping) and, with differential privacy, the
+(epsilon, delta) each site reports having spent. A result lacking a meta entry is logged with "-".
+A resumed job (``resume_from``) starts its history with the crashed job's rounds. Files in the server's run folder:
 ``fedfms_rounds.json`` (per-round history) and ``cross_site_val/fedfms_results.{json,md}`` (Dice of
 the final and best global models on every site's test split).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -24,9 +28,16 @@ from nvflare.app_common.widgets.streaming import AnalyticsSender
 from nvflare.widgets.widget import Widget
 
 from fedfms.core.io import write_json_atomic, write_text_atomic
-from fedfms.core.wire import BYTES_SENT, RESULTS_FILE, ROUNDS_FILE, TEST_DICE, TRAIN_LOSS, VAL_DICE
+from fedfms.core.wire import BYTES_SENT, DP_DELTA, DP_EPSILON, RESULTS_FILE, ROUNDS_FILE, TEST_DICE, TRAIN_LOSS, VAL_DICE
 
-from .aggregation import REJECTED_UPDATES
+from .aggregation import AGGREGATION_NOTES, REJECTED_UPDATES
+
+
+def _number(value: object, spec: str, scale: float = 1.0) -> str:
+    """``value / scale`` formatted with ``spec``, or "-" when it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return format(value / scale, spec)
 
 
 def results_markdown(results: Dict[str, Dict[str, float]], sites: Sequence[str], held_out: Sequence[str] = ()) -> str:
@@ -46,13 +57,17 @@ class JobReport(Widget):
     Args:
         train_sites: the clients expected to train each round (to name the ones that sent nothing).
         held_out_sites: clients that only evaluate (marked in the results table).
+        resume_from: server run folder of the crashed job this one continues ("" = none): its round
+            history is kept at the start of this job's.
 
     The weighted Dice curve goes to the server's TensorBoard receiver as a local analytics event.
     """
 
-    def __init__(self, train_sites: Sequence[str] = (), held_out_sites: Sequence[str] = ()):
+    def __init__(self, train_sites: Sequence[str] = (), held_out_sites: Sequence[str] = (), resume_from: str = ""):
         super().__init__()
         self.train_sites, self.held_out_sites = list(train_sites), list(held_out_sites)
+        self.resume_from = resume_from
+        self.resumed_marked = False
         self.sender = AnalyticsSender()
         self.run_dir: Optional[Path] = None
         self.history: List[dict] = []
@@ -64,6 +79,12 @@ class JobReport(Widget):
             engine = fl_ctx.get_engine()
             self.run_dir = Path(engine.get_workspace().get_run_dir(fl_ctx.get_job_id()))
             self.sender.engine = engine
+            if self.resume_from:
+                previous = Path(self.resume_from) / ROUNDS_FILE
+                try:
+                    self.history = json.loads(previous.read_text())
+                except (OSError, ValueError) as error:  # the controller stops the job with the same finding
+                    self.log_error(fl_ctx, f"cannot read the crashed job's round report {previous}: {error}")
         elif event_type == AppEventType.ROUND_STARTED:
             self.current = {}
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
@@ -83,25 +104,38 @@ class JobReport(Widget):
             dxo = from_shareable(result)
         except Exception:  # the aggregator logs malformed results itself
             return
-        metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS) or {}
+        metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS)
         self.current[site] = {
             "samples": dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
-            VAL_DICE: metrics.get(VAL_DICE),
+            VAL_DICE: metrics.get(VAL_DICE) if isinstance(metrics, dict) else None,
             TRAIN_LOSS: dxo.get_meta_prop(TRAIN_LOSS),
             BYTES_SENT: dxo.get_meta_prop(BYTES_SENT),
         }
+        if dxo.get_meta_prop(DP_EPSILON) is not None:
+            self.current[site].update({DP_EPSILON: dxo.get_meta_prop(DP_EPSILON), DP_DELTA: dxo.get_meta_prop(DP_DELTA)})
 
     def _close_round(self, fl_ctx: FLContext) -> None:
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
-        sites = {s: v for s, v in self.current.items() if v[VAL_DICE] is not None and v["samples"]}
+        rejected = fl_ctx.get_prop(REJECTED_UPDATES) or {}
+        # the weighted Dice (the best-model criterion) counts accepted results only: a rejected result's
+        # self-reported metrics are not trusted
+        sites = {s: v for s, v in self.current.items() if s not in rejected and _number(v[VAL_DICE], "") != "-"
+                 and _number(v["samples"], "") != "-" and v["samples"] > 0}
         total = sum(v["samples"] for v in sites.values())
         weighted = sum(v[VAL_DICE] * v["samples"] for v in sites.values()) / total if total else None
         missing = [s for s in self.train_sites if s not in self.current]
-        rejected = fl_ctx.get_prop(REJECTED_UPDATES) or {}
-        self.history.append({"round": current_round, "weighted_val_dice": weighted, "sites": self.current,
-                             "missing": missing, "rejected": rejected})
+        entry = {"round": current_round, "weighted_val_dice": weighted, "sites": self.current,
+                 "missing": missing, "rejected": rejected}
+        notes = fl_ctx.get_prop(AGGREGATION_NOTES)
+        if notes:
+            entry["aggregation"] = notes
+        if self.resume_from and not self.resumed_marked:  # the first round this job trained
+            entry["resumed_from"] = self.resume_from
+            self.resumed_marked = True
+        self.history.append(entry)
         parts = [
-            f"{s}: loss {v[TRAIN_LOSS]:.4f} Dice {v[VAL_DICE]:.4f} sent {v[BYTES_SENT] / 1e6:.2f} MB"
+            f"{s}: loss {_number(v[TRAIN_LOSS], '.4f')} Dice {_number(v[VAL_DICE], '.4f')} "
+            f"sent {_number(v[BYTES_SENT], '.2f', 1e6)} MB" + (f" epsilon {_number(v[DP_EPSILON], '.3g')}" if DP_EPSILON in v else "")
             for s, v in sorted(self.current.items())
         ]
         line = f"round {current_round}: " + " | ".join(parts)
