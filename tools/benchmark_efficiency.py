@@ -8,7 +8,11 @@ in its own process. Writes OUT/efficiency.json, OUT/efficiency.md and OUT/effici
 The paper's setting on CPU (batch 1; minutes per row on a 2-core CPU):
     python tools/benchmark_efficiency.py --model-type vit_b --image-size 1024 --steps 2 --out efficiency_vit_b_1024
 On a GPU at the paper's batch sizes (FedSAM 6, FedMSA 4), ViT-B and ViT-L: bash tools/gpu_benchmark.sh
-The default is a quick ViT-B run at 256 px."""
+The default is a quick ViT-B run at 256 px.
+
+It also measures the bytes a site sends and receives per round under each transfer option (float32,
+float16, int8 deltas, top-k, partial upload: fedfms.orchestration.transfer.EXAMPLES), running the jobs'
+own filter chains in process (about a minute at ViT-B)."""
 
 import argparse
 import json
@@ -20,6 +24,7 @@ from typing import List, Tuple
 from tqdm import tqdm
 
 from fedfms.core.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from fedfms.orchestration.transfer import transfer_markdown, transfer_table
 from fedfms.reporting.efficiency import CONFIGURATIONS, EfficiencyResult, markdown_table, measure, ratios
 
 #: ``--batch-size paper``: the reference code's batch sizes (FedSAM 6, FedMSA 4; prostate, fundus).
@@ -102,8 +107,12 @@ def main() -> None:
     table = markdown_table(results)
     command = shlex.join(["python", "tools/benchmark_efficiency.py", *sys.argv[1:]])
     versus = {f"{r.config}/{r.model_type}/b{r.batch_size}": ratios(r, results) for r in results}
+    # bytes each way per site and round under each transfer option (float16, int8, top-k, partial upload)
+    transfer = {model_type: transfer_table(model_type=model_type) for model_type in args.model_type}
+    for model_type, rows in transfer.items():
+        table += f"\n\nBytes per site and round by transfer option, {model_type}:\n\n" + transfer_markdown(rows)
     payload = {"command": command, "results": [r.as_dict() for r in results],
-               "ratios": {row: ratio for row, ratio in versus.items() if ratio}}
+               "ratios": {row: ratio for row, ratio in versus.items() if ratio}, "transfer": transfer}
     write_json_atomic(args.out / "efficiency.json", payload)
     write_text_atomic(args.out / "efficiency.md",
                       f"{table}\n\n'vs baseline': the row's training-step speed-up (by CPU time on CPU, by wall "

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from fedfms.orchestration.demo import DemoOptions, run_demo
+from fedfms.orchestration.transfer import add_transfer_arguments, transfer_settings
 from fedfms.registry import add_compute_options, compute_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the synthetic data and random SAM weights (default: %(default)s)")
     add_compute_options(parser)
+    add_transfer_arguments(parser)  # --compression int8 --topk-fraction 0.2 ...: how the models travel
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = DemoOptions(
         sam_checkpoint=args.sam_checkpoint, held_out=args.held_out, threads=args.threads, seed=args.seed,
+        transfer=transfer_settings(args),
         profile=profile.override(model_type=args.model_type, image_size=args.image_size, rounds=args.rounds,
                                  local_epochs=args.local_epochs, learning_rate=args.learning_rate,
                                  **compute_overrides(args)))

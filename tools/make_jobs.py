@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
+from fedfms.orchestration.transfer import add_transfer_arguments, transfer_settings
 from fedfms.registry import PAPER, add_compute_options, compute_overrides, dataset_names, method_names
 from fedfms.runtime.aggregation import AGGREGATIONS, ROBUST_MEANS
 
@@ -88,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="fedavg (the paper's, default) or fedsca (similarity-guided weights, our interpretation)")
     parser.add_argument("--fedsca-temperature", type=float, default=_job_default("fedsca_temperature"),
                         help="FedSCA softmax temperature (default: %(default)s)")
-    parser.add_argument("--half-precision", action="store_true", help="send models as float16 both ways (half the bytes)")
     parser.add_argument("--max-samples", type=int, default=_job_default("max_samples"),
                         help="reject results reporting more training samples n_k than this (0 = no bound; "
                              "default: %(default)s)")
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dp-delta", type=float, default=_job_default("dp_delta"),
                         help="delta of the reported (epsilon, delta) (default: %(default)s)")
     add_compute_options(parser)
+    add_transfer_arguments(parser)  # --half-precision, --compression, --topk-fraction, --partial-upload-blocks, ...
     parser.add_argument("--embed-code", action="store_true",
                         help="copy the fedfms package into the job's app/custom (sites without fedfms installed)")
     args = parser.parse_args(argv)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         half_precision=args.half_precision, max_samples=args.max_samples, clip_factor=args.clip_factor,
                         robust_mean=args.robust_mean, trim=args.trim, resume_from=args.resume_from,
                         dp_clip_norm=args.dp_clip_norm, dp_noise_multiplier=args.dp_noise_multiplier,
-                        dp_delta=args.dp_delta,
+                        dp_delta=args.dp_delta, **transfer_settings(args),
                         name=args.name if len(datasets) * len(methods) == 1 else None)
             for dataset in datasets for method in methods]
     for settings in tqdm(jobs, desc="jobs", unit="job", disable=len(jobs) == 1):

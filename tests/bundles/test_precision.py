@@ -51,7 +51,7 @@ def test_auto_on_cuda_prefers_native_bfloat16(monkeypatch, bf16, dtype):
 
 
 def test_bad_precision_options_are_named():
-    with pytest.raises(ValueError, match="option amp_dtype must be one of"):
+    with pytest.raises(ValueError, match="option amp_dtype=.half.: expected one of"):
         resolve_precision(True, "half", "cpu")
     with pytest.raises(ValueError, match="amp_dtype float16 needs a CUDA device"):
         resolve_precision(True, "float16", "cpu")

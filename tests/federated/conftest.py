@@ -1,21 +1,27 @@
 """Fixtures of the federated tests: small sites cut from the synthetic demo data, a random SAM-format
-checkpoint, and a helper that writes a job with the real generator and runs the NVFlare simulator."""
+checkpoint, a helper that writes a job with the real generator and runs the NVFlare simulator, and
+prepared POC startup kits driven through the nvflare CLI."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 import torch
+import yaml
 
-from fedfms.orchestration.jobs import JobSettings, write_job
+from fedfms.orchestration.jobs import JobSettings, client_name, write_job
 from fedfms.registry import Profile
 from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 from fedfms.networks import SAMSegmenter
@@ -86,7 +92,7 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             threads: int = 3) -> SimulatorRun:
         """result_filters: extra client result filters ({"path": "fedfms.runtime.faults.FaultInjection",
         "args": ...}), applied first, before the audit records what leaves the site (audit is then on).
-        threads: the simulator's -t (fewer than clients: a new client process per task)."""
+        threads: simulator threads; fewer than sites makes the simulator re-create clients between tasks."""
         job = write_job(settings, tmp_path / "jobs" / workspace_name, REPO / "bundles")
         audit = audit or bool(result_filters)
         audit_dir = tmp_path / f"audit_{workspace_name}" if audit else None
@@ -123,3 +129,92 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
         return SimulatorRun(job, server, log, audit_dir, result.returncode)
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PocKits:
+    """A prepared POC folder on free ports: ``kits`` maps each participant (server, sites) to its startup
+    kit's local/ (fedfms components allowed, local/fedfms_site.json written); ``cli`` runs the nvflare
+    CLI with HOME redirected and returns (exit status, output), asserting success unless ``check=False``."""
+
+    env: Dict[str, str]
+    nvflare: str
+    kits: Dict[str, Path]
+
+    def cli(self, *args: str, timeout: int = 300, check: bool = True) -> Tuple[int, str]:
+        result = subprocess.run([self.nvflare, *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        out = result.stdout + result.stderr
+        assert not check or result.returncode == 0, f"nvflare {' '.join(args)}:\n{out}"
+        return result.returncode, out
+
+    def start(self) -> None:
+        """Start the server, then one site at a time, each once the previous one registered. `poc start`
+        waits for readiness itself, but its admin login can hang on a loaded machine, and a client whose
+        connection is not up within NVFlare's fixed 15 s never registers."""
+        self.cli("poc", "start", "-p", "server", "--no-wait")
+        self._wait_for_clients([])
+        for name in (n for n in self.kits if n != "server"):
+            self.cli("poc", "start", "-p", name, "--no-wait")
+            self._wait_for_clients([name], deadline_s=300)
+
+    def stop(self) -> None:
+        """``poc stop``, then end what it left running (a server that never became ready, a client that
+        never registered), by the ids their startup scripts recorded and only if they run from these kits."""
+        self.cli("poc", "stop", check=False)
+        for kit in self.kits.values():
+            for pid_file in ("pid.fl", "daemon_pid.fl"):
+                path = kit.parent / pid_file
+                pid = path.read_text().strip() if path.is_file() else ""
+                try:
+                    if pid.isdigit() and str(kit.parent) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                        os.kill(int(pid), signal.SIGTERM)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+
+    def _wait_for_clients(self, clients: Sequence[str], deadline_s: float = 600) -> None:
+        """Poll ``nvflare system status`` until ``clients`` are registered (none: until the server
+        answers, which it does with SYSTEM_NOT_READY while no client is connected)."""
+        start, status = time.monotonic(), ""
+        while time.monotonic() - start < deadline_s:
+            try:
+                rc, status = self.cli("system", "status", timeout=60, check=False)
+                if not clients and (rc == 0 or "SYSTEM_NOT_READY" in status):
+                    return
+                if clients and rc == 0 and all(re.search(rf"\b{c}\b", status) for c in clients):
+                    return
+            except subprocess.TimeoutExpired:
+                status = "nvflare system status timed out"
+            time.sleep(5)
+        raise AssertionError(f"POC clients {list(clients)} did not register within {deadline_s} s:\n{status}")
+
+
+@pytest.fixture
+def poc_kits(tmp_path, data_root, sam_checkpoint, small_sites) -> PocKits:
+    """``nvflare poc config`` + ``poc prepare`` for the small sites under tmp_path/poc, on free ports
+    (POC's fixed 8002/8003 may be held by another POC on the machine), each kit set up as a site admin
+    would (fedfms allow-listed, the site's data and SAM checkpoint named)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
+    env["HOME"] = str(tmp_path / "home")  # poc prepare and the CLI config write under HOME
+    (tmp_path / "home").mkdir()
+    poc = PocKits(env, str(Path(sys.executable).with_name("nvflare")), {})
+    folder = tmp_path / "poc"
+    poc.cli("poc", "config", "-pw", str(folder))
+    poc.cli("poc", "prepare", "-c", *map(client_name, small_sites), "--force")
+    project = yaml.safe_load((folder / "project.yml").read_text())
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    server["fed_learn_port"], server["admin_port"] = _free_port(), _free_port()
+    (tmp_path / "project.yml").write_text(yaml.safe_dump(project))
+    poc.cli("poc", "prepare", "-i", str(tmp_path / "project.yml"), "--force")
+    kits = {p.parent.name: p for p in folder.rglob("local") if (p.parent / "startup").is_dir()}
+    poc.kits = {name: kits[name] for name in ["server", *map(client_name, small_sites)]}
+    for local in poc.kits.values():
+        allow_fedfms_components(local)
+        (local / SITE_CONFIG_FILE).write_text(json.dumps(
+            {"data_root": str(data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
+    return poc

@@ -30,11 +30,12 @@ class AuditFilter(Filter):
     def process(self, shareable, fl_ctx):
         site = fl_ctx.get_identity_name()
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
-        with _lock:
-            key = (site, self.direction, task)
-            index = _counts[key] = _counts.get(key, -1) + 1
-        stem = os.path.join(self.out_dir, f"{site}.{self.direction}.{task}.{index}")
+        # numbered by the records already there: the simulator may run a site's tasks in new processes
+        # (more sites than threads), and a site runs one task at a time
         os.makedirs(self.out_dir, exist_ok=True)
+        prefix = f"{site}.{self.direction}.{task}."
+        index = sum(name.startswith(prefix) and name.endswith(".json") for name in os.listdir(self.out_dir))
+        stem = os.path.join(self.out_dir, f"{prefix}{index}")
         record = {"payload_keys": sorted(k for k in shareable if k != ReservedHeaderKey.HEADERS),
                   "return_code": shareable.get_return_code(), "error": shareable.get_header("fedfms_error"),
                   "kind": None, "meta": {}}

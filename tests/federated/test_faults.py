@@ -245,7 +245,7 @@ def test_round_report_tolerates_missing_meta_and_skips_rejected_results(tmp_path
     with caplog.at_level(logging.INFO):
         report.handle_event(AppEventType.ROUND_DONE, fl_ctx)
     line = next(r.getMessage() for r in caplog.records if f"round {ROUND}: A: " in r.getMessage())
-    assert "B: loss - Dice 0.6000 sent - MB" in line and "weighted Dice 0.5000" in line
+    assert "B: loss - Dice 0.6000 up - down -" in line and "weighted Dice 0.5000" in line
     rounds = json.loads((tmp_path / "fedfms_rounds.json").read_text())
     assert rounds[0]["weighted_val_dice"] == pytest.approx(0.5) and rounds[0]["rejected"] == {"C": "update L2 distance"}
     assert streamed == [("weighted_val_dice", pytest.approx(0.5))]

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import pytest
 import torch
 
 from fedfms.core.wire import GLOBAL_MODEL_IN_RUN, ROUNDS_FILE
-from fedfms.orchestration.jobs import client_name, write_job
-from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
+from fedfms.orchestration.jobs import write_job
 
 REPO = Path(__file__).resolve().parents[2]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -47,33 +45,15 @@ def _wait(condition, timeout: float, what: str):
 
 @pytest.mark.heavy
 @pytest.mark.timeout(2400)  # two jobs and a server restart
-def test_server_crash_then_resume_in_poc_mode(tmp_path, data_root, sam_checkpoint, small_settings, small_sites):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDFMS_")}
-    env["HOME"] = str(tmp_path / "home")
-    (tmp_path / "home").mkdir()
-    nvflare = str(Path(sys.executable).with_name("nvflare"))
-
-    def cli(*args: str, timeout: int = 300, check: bool = True) -> tuple[int, str]:
-        result = subprocess.run([nvflare, *args], capture_output=True, text=True, env=env, timeout=timeout)
-        out = result.stdout + result.stderr
-        assert not check or result.returncode == 0, f"nvflare {' '.join(args)}:\n{out}"
-        return result.returncode, out
-
+def test_server_crash_then_resume_in_poc_mode(tmp_path, poc_kits, small_settings):
+    cli = poc_kits.cli
     settings = small_settings("fedmsa", held_out=("UCL",), cross_site_eval=False, wait_time_after_min_received=30,
                               profile=small_settings("fedmsa").profile.override(rounds=ROUNDS))
     job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
-    poc = tmp_path / "poc"
-    cli("poc", "config", "-pw", str(poc))
-    cli("poc", "prepare", "-c", *map(client_name, small_sites), "--force")
-    kits = {p.parent.name: p for p in poc.rglob("local") if (p.parent / "startup").is_dir()}
-    for name in ["server", *map(client_name, small_sites)]:
-        allow_fedfms_components(kits[name])
-        (kits[name] / SITE_CONFIG_FILE).write_text(json.dumps(
-            {"data_root": str(data_root), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}))
-    server = kits["server"].parent
+    server = poc_kits.kits["server"].parent
     stopped = False
     try:
-        cli("poc", "start", "--timeout", "300", timeout=600)
+        poc_kits.start()
         job_id = UUID.search(cli("job", "submit", "-j", str(job))[1]).group(0)
         run_dir = server / job_id
         rounds_file = run_dir / ROUNDS_FILE
@@ -113,7 +93,7 @@ def test_server_crash_then_resume_in_poc_mode(tmp_path, data_root, sam_checkpoin
         stopped = True
     finally:
         if not stopped:
-            subprocess.run([nvflare, "poc", "stop"], capture_output=True, text=True, env=env, timeout=300)
+            poc_kits.stop()
 
     rounds = json.loads(next((tmp_path / "result").rglob(ROUNDS_FILE)).read_text())
     assert [r["round"] for r in rounds] == list(range(ROUNDS))

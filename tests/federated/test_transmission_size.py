@@ -30,3 +30,28 @@ def test_fedmsa_sends_a_fraction_of_fedsam_at_vit_b():
         assert payload < size < payload * 1.01  # float32 arrays plus a small FOBS envelope
         assert payload / 2 < half < payload / 2 * 1.01  # half_precision: float16 arrays, same envelope
     assert 40e6 < msa[1] < 50e6 and 370e6 < sam[1] < 376e6  # 10.6 M vs 93.2 M float32 parameters
+
+
+def test_compression_options_at_vit_b():
+    """Bytes per site and round of FedMSA ViT-B under each transfer option (fedfms.orchestration.transfer:
+    the job's own filter chains, server and one site, two rounds). Target of issue 9: <= 4.25 MB each way,
+    10x below float32, after the first round (which sends the whole model once)."""
+    from fedfms.orchestration.jobs import JobSettings
+    from fedfms.orchestration.transfer import transfer_sizes
+
+    network = MSASegmenter(model_type="vit_b", image_size=1024)
+    weights = select_outgoing(network.state_dict(), transmitted_names(network), "measurement")
+    options = {"float32": {}, "float16": dict(half_precision=True), "int8": dict(compression="int8"),
+               "int8 top-0.2": dict(compression="int8", topk_fraction=0.2),
+               "int8 partial K=1": dict(compression="int8", partial_upload_blocks=1),
+               "float32 partial K=4": dict(partial_upload_blocks=4)}
+    sizes = {name: transfer_sizes(JobSettings("fedmsa", "prostate", **o), weights) for name, o in options.items()}
+    for name, s in sizes.items():
+        print(f"\nFedMSA vit_b {name}: up {s['up']:,} B, down {s['down']:,} B (round 0: {s['down_first']:,} B)", end="")
+    full = sizes["float32"]["up"]
+    assert sizes["float32"]["down"] == sizes["float32"]["down_first"] and abs(sizes["float32"]["down"] - full) < 100
+    assert 0.25 < sizes["int8"]["up"] / full < 0.26  # 1 byte a parameter + one float32 scale per output channel
+    for name in ("int8 top-0.2", "int8 partial K=1"):
+        assert sizes[name]["up"] <= 4.25e6 and sizes[name]["down"] <= 4.25e6 and full / sizes[name]["up"] >= 10
+        assert abs(sizes[name]["down_first"] - full) < 100  # the first round sends the whole float32 model
+    assert 0.55 < sizes["float32 partial K=4"]["up"] / full < 0.56 and sizes["float32 partial K=4"]["down"] > full - 100

@@ -116,8 +116,8 @@ def test_segmenter_outputs_and_gradients_match_across_attention(cls):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"attention": "flash"}, "attention must be one of"),
-    ({"activation_checkpointing": "false"}, "activation_checkpointing must be a bool"),
+    ({"attention": "flash"}, "option attention='flash': expected one of"),
+    ({"activation_checkpointing": "maybe"}, "option activation_checkpointing='maybe': expected a boolean"),
 ])
 def test_bad_attention_options(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -19,6 +19,9 @@ DP_EPSILON = "dp_epsilon"
 DP_DELTA = "dp_delta"
 #: SHA-256 of the frozen (never sent) weights a model was built on; the server attaches it, sites check it
 FROZEN_SHA256 = "fedfms_frozen_sha256"
+#: layout of a compressed model (int8 delta) in an APP_DEFINED DXO: format, scale mode, top-k fraction,
+#: tensor shapes and dtypes, SHA-256 of the model it is a delta against (fedfms.runtime.compression)
+CODEC = "fedfms_codec"
 
 # -- job layout (NVFlare job folder; paths relative to the app folder, then to the bundle)
 #: the MONAI bundle inside a job's app folder
@@ -38,6 +41,9 @@ ROUNDS_FILE = "fedfms_rounds.json"
 GLOBAL_MODEL_IN_RUN = "app_server/FL_global_model.pt"
 #: stem of the cross-site results table (.json, .md) in the server's cross_site_val folder
 RESULTS_FILE = "fedfms_results"
+#: per-site fields of a round in ROUNDS_FILE: serialized bytes the server received from the site (its
+#: training result, as it arrived) and sent to it (the train task, after the server's filters)
+BYTES_UP, BYTES_DOWN = "bytes_up", "bytes_down"
 
 # -- the federated planning step of jobs whose network is planned from the sites' data (FednnU-Net)
 #: task: a training site computes nnU-Net's dataset fingerprint of its training split and returns it

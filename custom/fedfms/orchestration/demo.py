@@ -14,15 +14,15 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from tqdm import tqdm
 
 from fedfms.core.io import copy_file_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
-from fedfms.core.wire import BUNDLE_IN_APP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
+from fedfms.core.wire import BUNDLE_IN_APP, BYTES_DOWN, BYTES_UP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
 from fedfms.data.demo import make_demo_data
 from fedfms.networks import write_random_sam_checkpoint
 from fedfms.registry import Profile, get_profile
@@ -45,14 +45,16 @@ DEMO_PROFILE = get_profile("demo").override(rounds=3)
 class DemoOptions:
     """The demo's settings: the training ``profile`` (default DEMO_PROFILE: vit_tiny, 64 px, 3 rounds x 1
     local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need more), the
-    held-out site, simulator threads, the seed of the data and random SAM weights, and an official SAM
-    checkpoint (None: random SAM weights)."""
+    held-out site, simulator threads, the seed of the data and random SAM weights, an official SAM
+    checkpoint (None: random SAM weights), and the job's transfer options (JobSettings fields of
+    ``fedfms.orchestration.transfer``, e.g. {"compression": "int8", "topk_fraction": 0.2})."""
 
     sam_checkpoint: Optional[Path] = None
     profile: Profile = DEMO_PROFILE
     held_out: str = "UCL"
     threads: int = 5
     seed: int = 1337
+    transfer: Mapping[str, object] = field(default_factory=dict)
 
 
 def save_initial_model(bundle: Path, checkpoint: Path, path: Path) -> Path:
@@ -93,6 +95,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     settings = JobSettings(
         "fedmsa", "prostate", profile, held_out=(options.held_out,), name="fedmsa_prostate_demo",
         cross_site_eval=False,  # step 4 evaluates every site with the bundle's evaluate workflow instead
+        **options.transfer,
     )
     settings = replace(settings, min_clients=len(settings.train_sites))  # wait for every training site each round
 
@@ -147,6 +150,8 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
 
     table = dice_table(rows, [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS])
     wall = time.perf_counter() - start
+    traffic = [t for entry in history for t in entry["traffic"].values()]  # per site and round
+    mean = {d: sum(t.get(d, 0) for t in traffic) / max(1, sum(d in t for t in traffic)) for d in (BYTES_UP, BYTES_DOWN)}
     notes = [
         "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release.",
         f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {profile.rounds} rounds).",
@@ -157,6 +162,8 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "Dice: test split, per 2D slice (sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on "
         "the ~45% of slices without prostate); 3D Dice: per volume, averaged over volumes.",
         f"Wall time: {wall:.0f} s (simulator {sim_seconds:.0f} s).",
+        f"Transfer: {dict(options.transfer) or 'whole float32 models (the paper)'}; bytes per site and round, mean "
+        f"over sites and rounds: up {mean[BYTES_UP]:,.0f}, down {mean[BYTES_DOWN]:,.0f} (from the server's round report).",
         "The real thing: prepare the public release with tools/prepare_data.py, give each site its data_root "
         "and sam_vit_b_01ec64.pth in local/fedfms_site.json (or FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT), and "
         "run jobs/fedmsa_prostate (ViT-B, 1024 px, 100 rounds) on GPUs; see README, 'Federated jobs'.",
@@ -168,6 +175,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
         "method": "fedmsa", "model_type": profile.model_type, "image_size": profile.image_size, "rounds": profile.rounds,
         "learning_rate": profile.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
         "models": {k: str(v) for k, v in checkpoints.items()}, "sites": rows, "history": history,
+        "transfer": dict(options.transfer),
         "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_seconds, 1), "notes": notes,
     })
     plot_learning_curve(history, out / "learning_curve.png",

@@ -42,7 +42,6 @@ from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from nvflare.job_config.api import FedJob
-from nvflare.job_config.defs import FilterType
 
 from fedfms.core.io import staged_directory, write_json_atomic
 from fedfms.core.options import OptionError, as_bool, as_choice, as_float, as_int, as_names
@@ -53,13 +52,13 @@ from fedfms.runtime.aggregation import (
 )
 from fedfms.runtime.best_model import AcceptedModelSelector
 from fedfms.runtime.controller import TrainingSitesScatterAndGather
-from fedfms.runtime.dp import DPGlobalModelTap, GaussianUpdateDP
 from fedfms.runtime.executor import BundleExecutor
 from fedfms.runtime.nnunet_executor import PlannedBundleExecutor
 from fedfms.runtime.nnunet_planning import NnUNetPlanning, PlannedModelPersistor
 from fedfms.runtime.persistor import TransmittedModelPersistor
-from fedfms.runtime.precision import ToFullPrecision, ToHalfPrecision
 from fedfms.runtime.report import JobReport
+
+from .transfer import check_transfer, transfer_filters
 
 _CLIENT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 TASKS = ["train", "validate"]
@@ -113,6 +112,14 @@ class JobSettings:
     dp_clip_norm, dp_noise_multiplier, dp_delta: differential privacy of the site updates
         (``fedfms.runtime.dp``): each update clipped to L2 dp_clip_norm plus Gaussian noise of std
         dp_noise_multiplier x dp_clip_norm, (epsilon, dp_delta) reported per site. dp_clip_norm 0 = off.
+    compression: "int8": sites send their update (trained - received) as int8 with a scale per
+        ``compression_scale`` ("channel" or "tensor") and error feedback; with ``compress_download`` the
+        global model goes to the sites the same way, as a delta against the previous one. "none" (default).
+    topk_fraction: with int8, send only this fraction of each tensor's entries (largest first; the rest
+        waits in the error feedback). 0 = all.
+    partial_upload_blocks: K: sites send only the tensors of the first K encoder blocks (FedMSA: their
+        adapters) plus decoder and head; the server keeps the global values of the rest (FedSCA's
+        partial upload, our interpretation). None = all. See ``fedfms.runtime.compression``.
     """
 
     method: str
@@ -140,6 +147,11 @@ class JobSettings:
     dp_clip_norm: float = 0.0
     dp_noise_multiplier: float = 1.0
     dp_delta: float = 1e-5
+    compression: str = "none"
+    compression_scale: str = "channel"
+    topk_fraction: float = 0.0
+    compress_download: bool = True
+    partial_upload_blocks: Optional[int] = None
 
     def __post_init__(self) -> None:
         """Check and convert every field; OptionError (a ValueError) naming a bad one."""
@@ -156,7 +168,11 @@ class JobSettings:
                  "dp_delta": as_float("dp_delta", self.dp_delta, above=0),
                  "outlier_factor": as_float("outlier_factor", self.outlier_factor, minimum=0),
                  "fedsca_temperature": as_float("fedsca_temperature", self.fedsca_temperature, above=0),
-                 **{name: as_bool(name, getattr(self, name)) for name in ("cross_site_eval", "reject_bad_updates", "half_precision")}}
+                 "topk_fraction": as_float("topk_fraction", self.topk_fraction, minimum=0),
+                 **{name: as_bool(name, getattr(self, name))
+                    for name in ("cross_site_eval", "reject_bad_updates", "half_precision", "compress_download")}}
+        if self.partial_upload_blocks is not None:
+            typed["partial_upload_blocks"] = as_int("partial_upload_blocks", self.partial_upload_blocks, 0)
         if self.sites is not None:
             typed["sites"] = as_names("sites", self.sites)
         if self.min_clients is not None:
@@ -182,6 +198,7 @@ class JobSettings:
             raise ValueError(f"held-out sites {sorted(unknown)} are not sites of {self.dataset}: {list(self.all_sites)}")
         if not self.train_sites:
             raise ValueError("at least one site must train")
+        check_transfer(self)
 
     @property
     def job_name(self) -> str:
@@ -208,11 +225,12 @@ class JobSettings:
 
 
 def _aggregator(s: JobSettings):
-    if not s.reject_bad_updates and s.aggregation == "fedavg" and not s.clip_factor and s.robust_mean == "mean":
+    if (not s.reject_bad_updates and s.aggregation == "fedavg" and not s.clip_factor and s.robust_mean == "mean"
+            and s.partial_upload_blocks is None):
         return InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=True)
     return GuardedAggregator(outlier_factor=s.outlier_factor if s.reject_bad_updates else 0.0, aggregation=s.aggregation,
                              temperature=s.fedsca_temperature, max_samples=s.max_samples, clip_factor=s.clip_factor,
-                             robust_mean=s.robust_mean, trim=s.trim)
+                             robust_mean=s.robust_mean, trim=s.trim, upload_blocks=s.partial_upload_blocks)
 
 
 def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_code: bool = False) -> FedJob:
@@ -264,24 +282,10 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
                    tasks=TASKS + PLANNING_TASKS if planned else TASKS)
     job.to_clients(TBWriter(), id="analytic_sender")
     job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed")
-    # Site filter chains, in order: the received model is float32 again before the DP tap remembers it,
-    # and the DP noise is added to the float32 update before the cast to float16.
-    site_in, site_out = [], []
-    if s.half_precision:
-        # The global model leaves the server as float16; site results are back to float32 before the
-        # aggregator sees them; likewise at the sites.
-        job.to_server(ToHalfPrecision(), filter_type=FilterType.TASK_DATA, tasks=TASKS)
-        job.to_server(ToFullPrecision(), filter_type=FilterType.TASK_RESULT, tasks=TASKS)
-        site_in.append(ToFullPrecision())
-        site_out.append(ToHalfPrecision())
-    if s.dp_clip_norm:
-        site_in.append(DPGlobalModelTap())
-        site_out.insert(0, GaussianUpdateDP(clip_norm=s.dp_clip_norm, noise_multiplier=s.dp_noise_multiplier,
-                                            delta=s.dp_delta))
-    for data_filter in site_in:
-        job.to_clients(data_filter, filter_type=FilterType.TASK_DATA, tasks=TASKS)
-    for result_filter in site_out:
-        job.to_clients(result_filter, filter_type=FilterType.TASK_RESULT, tasks=TASKS)
+    # float16 / int8 transfer and partial upload: one chain per side and direction (fedfms.orchestration.transfer)
+    for side, kind, filters in transfer_filters(s):
+        for f in filters:
+            (job.to_server if side == "server" else job.to_clients)(f, filter_type=kind, tasks=TASKS)
 
     bundle_dir = str(Path(BUNDLE_IN_APP).relative_to("config"))
     job.add_file_to_clients(str(bundle_configs), dest_dir=f"{bundle_dir}/configs", app_folder_type="config")

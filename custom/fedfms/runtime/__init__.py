@@ -12,6 +12,8 @@
 - dp:             differential privacy of site updates (clipping + Gaussian noise, Opacus RDP accounting)
 - faults:         fault-injection filters for drills, tests and measurements (never in a generated job)
 - precision:      float16 transfer filters
+- codec:          int8 deltas, top-k masks, error feedback, partial-upload tensor selection (numpy)
+- compression:    the int8 / partial-upload filters, both directions (site and server)
 - report:         JobReport, the server's per-round log, round history and cross-site results
 - site_config:    where a site finds its data and SAM weights (its own configuration, never the job's)
 - privacy:        the site's result policy (NVFlare privacy scopes): what may leave a site, decided by the site

@@ -3,10 +3,11 @@
 ``GuardedAggregator`` is NVFlare's ``InTimeAccumulateWeightedAggregator`` with two hooks:
 
 * ``accept`` rejects a site's result at once (logged with site and reason) when it holds a non-finite
-  value, tensor names / shapes / dtypes other than the current global model's, or a sample count n_k
-  that is not a finite positive integer, exceeds ``max_samples`` or differs from the value the site
-  reported first in this job (a site's data do not change mid-job); valid results are held until the
-  round's aggregation;
+  value, tensor names / shapes / dtypes other than the current global model's (in a job with partial
+  upload: exactly the subset ``codec.upload_names`` selects; the aggregate then keeps the global values
+  of the rest), or a sample count n_k that is not a finite positive integer, exceeds ``max_samples`` or
+  differs from the value the site reported first in this job (a site's data do not change mid-job);
+  valid results are held until the round's aggregation;
 * ``aggregate`` then rejects updates whose L2 distance from the global model is an outlier
   (> ``outlier_factor`` x the median distance of the round's valid results, only with at least
   ``min_sites_for_outliers`` of them), optionally clips each update's L2 norm to ``clip_factor`` x
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from numbers import Real
-from typing import Deque, Dict, List, Mapping, Optional, Sequence
+from typing import Collection, Deque, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -40,6 +41,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.app_constant import AppConstants
 
+from .codec import upload_names
 from .finite import nonfinite
 
 Weights = Mapping[str, np.ndarray]
@@ -59,13 +61,15 @@ REJECTED_UPDATES = "fedfms_rejected_updates"
 AGGREGATION_NOTES = "fedfms_aggregation_notes"
 
 
-def check_update(weights: Weights, reference: Weights) -> Optional[str]:
+def check_update(weights: Weights, reference: Weights, names: Optional[Collection[str]] = None) -> Optional[str]:
     """Why ``weights`` cannot be aggregated with ``reference`` (the global model), or None if it can:
-    tensor names differ, a shape or dtype differs, or a value is NaN/inf. The reason names the tensors."""
-    unexpected, missing = sorted(set(weights) - set(reference)), sorted(set(reference) - set(weights))
+    tensor names differ from ``names`` (default: the global model's; partial upload: the subset sites
+    send), a shape or dtype differs, or a value is NaN/inf. The reason names the tensors."""
+    names = set(reference) if names is None else set(names)
+    unexpected, missing = sorted(set(weights) - names), sorted(names - set(weights))
     if unexpected or missing:
-        return f"tensor names differ from the global model (unexpected: {unexpected[:5]}, missing: {missing[:5]})"
-    for name in sorted(reference):
+        return f"tensor names differ from the global model's sent tensors (unexpected: {unexpected[:5]}, missing: {missing[:5]})"
+    for name in sorted(names):
         value, expected = np.asarray(weights[name]), np.asarray(reference[name])
         if value.shape != expected.shape:
             return f"tensor {name} has shape {value.shape}, the global model's is {expected.shape}"
@@ -92,7 +96,7 @@ def check_sample_count(n: object, pinned: Optional[int] = None, maximum: int = 0
 def _flat_update(weights: Weights, reference: Weights) -> np.ndarray:
     """The update w_k - w_global over all floating-point tensors, as one float64 vector."""
     parts = [np.asarray(weights[n], np.float64).ravel() - np.asarray(reference[n], np.float64).ravel()
-             for n in sorted(reference) if np.issubdtype(np.asarray(reference[n]).dtype, np.floating)]
+             for n in sorted(set(reference) & set(weights)) if np.issubdtype(np.asarray(reference[n]).dtype, np.floating)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -201,6 +205,9 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
             ``trim`` lowest and highest values, n_k-weighted mean of the rest) or "median"; the last two
             need at least 2 trim + 1 (median: 3) results and fall back to the mean otherwise.
         trim: values dropped on each side by the trimmed mean (the number of misbehaving sites defended).
+        upload_blocks: partial upload (``codec.upload_names``): results must hold exactly the tensors of the
+            first ``upload_blocks`` encoder blocks, decoder and head; the aggregate keeps the global model's
+            values of the others. None: results hold every tensor of the global model.
         args, kwargs: InTimeAccumulateWeightedAggregator's (expected_data_kind must be WEIGHTS); both
             declared so that NVFlare's Job API writes them into the job config.
 
@@ -210,7 +217,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
     def __init__(self, *args, outlier_factor: float = OUTLIER_FACTOR, min_sites_for_outliers: int = 3,
                  aggregation: str = AGGREGATIONS[0], temperature: float = FEDSCA_TEMPERATURE,
                  max_samples: int = 0, pin_samples: bool = True, clip_factor: float = 0.0,
-                 clip_history: int = CLIP_HISTORY, robust_mean: str = ROBUST_MEANS[0], trim: int = 1, **kwargs):
+                 clip_history: int = CLIP_HISTORY, robust_mean: str = ROBUST_MEANS[0], trim: int = 1,
+                 upload_blocks: Optional[int] = None, **kwargs):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
         if robust_mean not in ROBUST_MEANS:
@@ -231,6 +239,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         self.max_samples, self.pin_samples = int(max_samples), bool(pin_samples)
         self.clip_factor, self.clip_history = float(clip_factor), int(clip_history)
         self.robust_mean, self.trim = robust_mean, int(trim)
+        self.upload_blocks = upload_blocks
+        upload_names((), upload_blocks)  # ValueError for a negative block count
         self._held: Dict[str, Shareable] = {}
         self._rejected: Dict[str, str] = {}
         self._pinned: Dict[str, int] = {}
@@ -268,7 +278,8 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         else:
             reason = check_sample_count(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
                                         self._pinned.get(site) if self.pin_samples else None, self.max_samples)
-            reason = reason or check_update(dxo.data or {}, self._global_weights(fl_ctx))
+            reference = self._global_weights(fl_ctx)
+            reason = reason or check_update(dxo.data or {}, reference, upload_names(reference, self.upload_blocks))
         if reason:
             self._reject(site, reason, fl_ctx)
             return False
@@ -328,9 +339,16 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
                               f"{({s: round(n, 4) for s, n in norms.items()})}")
         if rule != "mean":
             n_k = {s: counts[s] * weights[s] for s in results}
-            return DXO(DataKind.WEIGHTS, trimmed_mean(results, n_k, trim)).to_shareable()
-        for aggregator in self.dxo_aggregators.values():
-            aggregator.aggregation_weights = weights
-        for site in results:
-            super().accept(held[site], fl_ctx)
-        return super().aggregate(fl_ctx)
+            aggregate = DXO(DataKind.WEIGHTS, trimmed_mean(results, n_k, trim)).to_shareable()
+        else:
+            for aggregator in self.dxo_aggregators.values():
+                aggregator.aggregation_weights = weights
+            for site in results:
+                super().accept(held[site], fl_ctx)
+            aggregate = super().aggregate(fl_ctx)
+        if self.upload_blocks is None:
+            return aggregate
+        # FullModelShareableGenerator replaces the global weights by the aggregate: add the unsent tensors
+        dxo = from_shareable(aggregate)
+        kept = {n: v for n, v in reference.items() if n not in dxo.data}
+        return DXO(DataKind.WEIGHTS, {**kept, **dxo.data}, dxo.meta).update_shareable(aggregate)

@@ -1,13 +1,16 @@
 """Server-side job report: one log line per round, a learning-curve file, a cross-site results table.
 
-Per round it logs each training site's loss, validation Dice of the received global model and bytes
-sent, the sites' Dice weighted by training samples (the quantity the best model is chosen by), any
-training site that sent nothing (failed or timed out), any result the aggregator rejected (with
-the reason, see ``aggregation.GuardedAggregator``; rejected results do not count in the weighted Dice),
-what the aggregator did (rule, update norms, clipping) and, with differential privacy, the
-(epsilon, delta) each site reports having spent. A result lacking a meta entry is logged with "-".
-A resumed job (``resume_from``) starts its history with the crashed job's rounds. Files in the server's run folder:
-``fedfms_rounds.json`` (per-round history) and ``cross_site_val/fedfms_results.{json,md}`` (Dice of
+Per round it logs each training site's loss, validation Dice of the received global model and the bytes
+that crossed the wire each way (up: the site's training result as it reached the server, before the
+server's filters; down: the train task as it left the server, after its filters; FOBS-serialized size,
+measured once per distinct message layout and round), the sites' Dice weighted by training samples (the
+quantity the best model is chosen by), any training site that sent nothing (failed or timed out), any
+result the aggregator rejected (with the reason, see ``aggregation.GuardedAggregator``; rejected results
+do not count in the weighted Dice), what the aggregator did (rule, update norms, clipping) and, with
+differential privacy, the (epsilon, delta) each site reports having spent. A result lacking a meta entry
+is logged with "-". A resumed job (``resume_from``) starts its history with the crashed job's rounds.
+Files in the server's run folder: ``fedfms_rounds.json`` (per-round history; ``traffic``: site ->
+{bytes_up, bytes_down}, failed sites included) and ``cross_site_val/fedfms_results.{json,md}`` (Dice of
 the final and best global models on every site's test split).
 """
 
@@ -15,12 +18,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from nvflare.apis.analytix import AnalyticsDataType
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -28,9 +32,12 @@ from nvflare.app_common.widgets.streaming import AnalyticsSender
 from nvflare.widgets.widget import Widget
 
 from fedfms.core.io import write_json_atomic, write_text_atomic
-from fedfms.core.wire import BYTES_SENT, DP_DELTA, DP_EPSILON, RESULTS_FILE, ROUNDS_FILE, TEST_DICE, TRAIN_LOSS, VAL_DICE
+from fedfms.core.wire import (
+    BYTES_DOWN, BYTES_SENT, BYTES_UP, DP_DELTA, DP_EPSILON, RESULTS_FILE, ROUNDS_FILE, TEST_DICE, TRAIN_LOSS, VAL_DICE,
+)
 
 from .aggregation import AGGREGATION_NOTES, REJECTED_UPDATES
+from .selection import serialized_size
 
 
 def _number(value: object, spec: str, scale: float = 1.0) -> str:
@@ -51,6 +58,10 @@ def results_markdown(results: Dict[str, Dict[str, float]], sites: Sequence[str],
     return "\n".join(lines) + "\n"
 
 
+def _mb(size: Optional[int]) -> str:
+    return "-" if size is None else f"{size / 1e6:.2f} MB"
+
+
 class JobReport(Widget):
     """Server widget writing the per-round log and the cross-site results table.
 
@@ -60,7 +71,8 @@ class JobReport(Widget):
         resume_from: server run folder of the crashed job this one continues ("" = none): its round
             history is kept at the start of this job's.
 
-    The weighted Dice curve goes to the server's TensorBoard receiver as a local analytics event.
+    The weighted Dice curve and each site's bytes up / down (tags ``bytes_up/<site>``,
+    ``bytes_down/<site>``) go to the server's TensorBoard receiver as local analytics events.
     """
 
     def __init__(self, train_sites: Sequence[str] = (), held_out_sites: Sequence[str] = (), resume_from: str = ""):
@@ -73,6 +85,8 @@ class JobReport(Widget):
         self.history: List[dict] = []
         self.current: Dict[str, dict] = {}
         self.results: Dict[str, Dict[str, float]] = {}
+        self.traffic: Dict[str, Dict[str, int]] = {}  # this round: site -> {BYTES_UP, BYTES_DOWN}
+        self._sizes: Dict[Tuple, int] = {}  # this round: message layout -> serialized bytes
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
@@ -86,7 +100,11 @@ class JobReport(Widget):
                 except (OSError, ValueError) as error:  # the controller stops the job with the same finding
                     self.log_error(fl_ctx, f"cannot read the crashed job's round report {previous}: {error}")
         elif event_type == AppEventType.ROUND_STARTED:
-            self.current = {}
+            self.current, self.traffic, self._sizes = {}, {}, {}
+        elif event_type == EventType.AFTER_TASK_DATA_FILTER:
+            self._record_traffic(fl_ctx, FLContextKey.TASK_DATA, BYTES_DOWN)
+        elif event_type == EventType.BEFORE_TASK_RESULT_FILTER:
+            self._record_traffic(fl_ctx, FLContextKey.TASK_RESULT, BYTES_UP)
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._record_contribution(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
@@ -95,6 +113,25 @@ class JobReport(Widget):
             self._record_validation(fl_ctx)
         elif event_type == EventType.END_RUN and self.results:
             self._write_results(fl_ctx)
+
+    def _record_traffic(self, fl_ctx: FLContext, key: str, direction: str) -> None:
+        """Serialized size of this round's train task (down) or training result (up) of one site. Messages
+        of one layout (kind, tensor names, dtypes, shapes, meta keys) serialize to the same size, so each
+        layout is serialized once a round (a FedSAM model takes seconds)."""
+        if fl_ctx.get_prop(FLContextKey.TASK_NAME) != AppConstants.TASK_TRAIN:
+            return
+        message = fl_ctx.get_prop(key)
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name(default="?") if peer else "?"
+        try:
+            dxo = from_shareable(message)
+        except Exception:  # an error reply: nothing crossed but the return code
+            return
+        layout = (dxo.data_kind, tuple(sorted(dxo.meta)), tuple(
+            (name, np.asarray(value).dtype.str, np.shape(value)) for name, value in sorted(dxo.data.items())))
+        if layout not in self._sizes:
+            self._sizes[layout] = serialized_size(dxo)
+        self.traffic.setdefault(site, {})[direction] = self._sizes[layout]
 
     def _record_contribution(self, fl_ctx: FLContext) -> None:
         peer = fl_ctx.get_peer_context()
@@ -125,7 +162,7 @@ class JobReport(Widget):
         weighted = sum(v[VAL_DICE] * v["samples"] for v in sites.values()) / total if total else None
         missing = [s for s in self.train_sites if s not in self.current]
         entry = {"round": current_round, "weighted_val_dice": weighted, "sites": self.current,
-                 "missing": missing, "rejected": rejected}
+                 "missing": missing, "rejected": rejected, "traffic": self.traffic}
         notes = fl_ctx.get_prop(AGGREGATION_NOTES)
         if notes:
             entry["aggregation"] = notes
@@ -135,7 +172,7 @@ class JobReport(Widget):
         self.history.append(entry)
         parts = [
             f"{s}: loss {_number(v[TRAIN_LOSS], '.4f')} Dice {_number(v[VAL_DICE], '.4f')} "
-            f"sent {_number(v[BYTES_SENT], '.2f', 1e6)} MB" + (f" epsilon {_number(v[DP_EPSILON], '.3g')}" if DP_EPSILON in v else "")
+            f"up {_mb(self.traffic.get(s, {}).get(BYTES_UP))} down {_mb(self.traffic.get(s, {}).get(BYTES_DOWN))}" + (f" epsilon {_number(v[DP_EPSILON], '.3g')}" if DP_EPSILON in v else "")
             for s, v in sorted(self.current.items())
         ]
         line = f"round {current_round}: " + " | ".join(parts)
@@ -148,6 +185,9 @@ class JobReport(Widget):
             self.log_warning(fl_ctx, f"round {current_round}: not aggregated: {', '.join(sorted(rejected))}")
         if weighted is not None:
             self.sender.add("weighted_val_dice", weighted, AnalyticsDataType.SCALAR, global_step=int(current_round))
+        for site, traffic in sorted(self.traffic.items()):
+            for direction, size in traffic.items():
+                self.sender.add(f"{direction}/{site}", size, AnalyticsDataType.SCALAR, global_step=int(current_round))
         write_json_atomic(self.run_dir / ROUNDS_FILE, self.history)
 
     def _record_validation(self, fl_ctx: FLContext) -> None:
