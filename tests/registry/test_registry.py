@@ -85,8 +85,20 @@ def test_profiles_and_the_overrides_they_give():
     assert bundle_overrides(get_method("nnunet"), get_dataset("prostate"), demo.override(local_epochs=3)) == {
         "num_classes": 1, "image_size": 64, "batch_size": 4, "num_workers": 0, "lr_schedule_epochs": 6,
         "use_mirroring": False}
+    # mixed precision goes to every bundle with the paper's recipe, activation checkpointing to SAM's only
+    compute = PAPER.override(amp="false", amp_dtype="bfloat16", activation_checkpointing="true")
+    assert (compute.amp, compute.activation_checkpointing) == (False, True)
+    assert bundle_overrides(get_method("fedmsa"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "model_type": "vit_b", "image_size": 1024, "batch_size": 4, "amp": False,
+        "amp_dtype": "bfloat16", "activation_checkpointing": True}
+    assert bundle_overrides(get_method("unet"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "amp": False, "amp_dtype": "bfloat16"}
+    assert bundle_overrides(get_method("fednnunet"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "lr_schedule_epochs": 100}
     with pytest.raises(ValueError, match="option checkpoint=.last.: expected one of .best., .final."):
         Profile("x", checkpoint="last")
+    with pytest.raises(ValueError, match="option amp='sometimes': expected true, false or auto"):
+        Profile("x", amp="sometimes")
 
 
 class ToyPreparer(preparation.Preparer):

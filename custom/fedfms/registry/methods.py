@@ -31,8 +31,9 @@ class Method:
     planned: the network is planned from the data (nnU-Net): a federated job first has every training
     site send a summary of its data (nnU-Net's fingerprint) and the server plan the network once, then
     trains that network; a centralized run plans on the pooled source sites (the bundle does).
-    own_learning_rate: the bundle trains with its own recipe's optimizer and learning rate (nnU-Net's
-    SGD, 1e-2): a profile's learning rate, meant for the paper's Adam, does not apply to it.
+    own_recipe: the bundle trains with its own recipe's optimizer, learning rate and precision
+    (nnU-Net's SGD, 1e-2, its own autocast on CUDA): a profile's learning rate, meant for the paper's
+    Adam, and its amp / amp_dtype do not apply to it.
     lr_schedule: the bundle's learning-rate schedule has a length, its ``lr_schedule_epochs`` option:
     every run sets it to rounds x local epochs, so a federated schedule spans the whole federation.
     profile_overrides: bundle overrides of this method under a profile, by profile name (e.g. the CPU
@@ -49,7 +50,7 @@ class Method:
     network: Optional[type[nn.Module]] = None
     paper_batch_sizes: Mapping[Optional[str], int] = field(default_factory=dict, hash=False)
     planned: bool = False
-    own_learning_rate: bool = False
+    own_recipe: bool = False
     lr_schedule: bool = False
     profile_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict, hash=False)
     privacy_scope: str = "full_model"
@@ -65,7 +66,7 @@ METHODS: Dict[str, Method] = {}
 
 def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network: Optional[type[nn.Module]] = None,
                     paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None, planned: bool = False,
-                    own_learning_rate: bool = False, lr_schedule: bool = False,
+                    own_recipe: bool = False, lr_schedule: bool = False,
                     profile_overrides: Optional[Mapping[str, Mapping[str, object]]] = None,
                     privacy_scope: str = "full_model") -> Tuple[Method, Method]:
     """Register the federated method ``fed<bundle>`` (label ``Fed<label>``) and the centralized
@@ -75,7 +76,7 @@ def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network:
     tighter scope). ValueError if either name is taken."""
     methods = tuple(
         Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}),
-               planned, own_learning_rate, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()},
+               planned, own_recipe, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()},
                privacy_scope)
         for prefix, label_prefix, federated in ((FEDERATED_PREFIX, FEDERATED_LABEL_PREFIX, True), ("", "", False))
     )
@@ -113,7 +114,7 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
 # whole trainable state ("full_model"); FednnU-Net that and, before training, its nnU-Net fingerprint
 # ("fednnunet").
 register_bundle("unet", "U-Net")
-register_bundle("nnunet", "nnU-Net", planned=True, own_learning_rate=True, lr_schedule=True,
+register_bundle("nnunet", "nnU-Net", planned=True, own_recipe=True, lr_schedule=True,
                 profile_overrides={"demo": {"use_mirroring": False}}, privacy_scope="fednnunet")
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
 register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8},

@@ -31,7 +31,7 @@ class Profile:
     local_epochs: local epochs per round (centralized runs train rounds x local_epochs epochs, the same
     number of passes over the data); batch_size: None = the paper's per method and dataset
     (``Method.batch_size``); learning_rate, num_workers: None = the bundle's default (the paper's 1e-4;
-    2 loader workers; the learning rate is Adam's: methods with their own recipe, ``Method.own_learning_rate``,
+    2 loader workers; the learning rate is Adam's: methods with their own recipe, ``Method.own_recipe``,
     keep theirs); cpu_threads: OpenMP threads of each training or evaluation process (None =
     torch's default, all cores; small models on a busy CPU run several times faster with 1, because idle
     threads spin-wait); checkpoint: the trained model a study evaluates, "best" (highest validation Dice
@@ -127,9 +127,10 @@ def bundle_overrides(method: Method, dataset: Dataset, profile: Profile) -> Dict
     elif profile.image_size:
         overrides["image_size"] = profile.image_size
     batch_size = profile.batch_size or method.batch_size(dataset.name)
-    learning_rate = None if method.own_learning_rate else profile.learning_rate
-    optional = {"batch_size": batch_size, "learning_rate": learning_rate, "num_workers": profile.num_workers,
-                "amp": profile.amp, "amp_dtype": profile.amp_dtype,
+    own = method.own_recipe
+    optional = {"batch_size": batch_size, "learning_rate": None if own else profile.learning_rate,
+                "num_workers": profile.num_workers, "amp": None if own else profile.amp,
+                "amp_dtype": None if own else profile.amp_dtype,
                 "activation_checkpointing": profile.activation_checkpointing if method.uses_sam else None}
     overrides.update({k: v for k, v in optional.items() if v is not None})
     if method.lr_schedule:
