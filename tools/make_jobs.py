@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int,
                         help="input size, a multiple of 16 (default: 1024 for SAM as in the paper, the bundle's otherwise)")
     parser.add_argument("--batch-size", type=int, help="default: the paper's for the method and dataset")
-    parser.add_argument("--learning-rate", type=float, help="default: the bundle's (the paper's 1e-4)")
+    parser.add_argument("--learning-rate", type=float, help="default: the bundle's (the paper's Adam 1e-4); nnU-Net keeps its own SGD 1e-2")
     parser.add_argument("--min-clients", type=int, help="default: all training sites but one")
     parser.add_argument("--wait-time-after-min-received", type=int, default=_job_default("wait_time_after_min_received"),
                         help="seconds the server still waits for the last sites of a round (default: %(default)s)")

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Reproduce the paper's study: leave-one-site-out training and evaluation of FedSAM, FedMSA, FedU-Net
-and their centralized counterparts, with tables and plots beside the paper's Table 1.
+"""Reproduce the paper's study: leave-one-site-out training and evaluation of FedSAM, FedMSA, FedU-Net,
+FednnU-Net and their centralized counterparts, with tables and plots beside the paper's Table 1.
 
     python tools/run_study.py --dataset prostate --data-root DATA --out OUT --sam-checkpoint sam_vit_b_01ec64.pth
     python tools/run_study.py --dataset prostate --data-root demo/ --out study --profile demo --held-out UCL
 
 For every held-out site (--held-out SITE ..., default every site in turn = --all-sites), each method
-trains on the other sites: federated methods (fedsam, fedmsa, fedunet) as an NVFlare simulator job
-written by fedfms.orchestration.jobs.write_job with that site held out; centralized ones (sam, msa, unet) with
-the bundle's train config on the pooled source datalists (rounds x epochs epochs). Every trained model
+trains on the other sites: federated methods (fedunet, fednnunet, fedsam, fedmsa) as an NVFlare simulator job
+written by fedfms.orchestration.jobs.write_job with that site held out (fednnunet: the sites' nnU-Net
+fingerprints merged, one plan, then training); centralized ones (unet, nnunet, sam, msa) with the bundle's
+train config on the pooled source datalists (rounds x epochs epochs; nnunet plans on the pooled sites). Every trained model
 is evaluated with the bundle's evaluate workflow on the test split of the held-out site (the headline
 number) and of the source sites. --no-pretraining adds the -PT ablation (random SAM weights).
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="federated rounds; default from the profile")
     parser.add_argument("--epochs", type=int, help="local epochs per round (centralized: rounds x epochs); default from the profile")
     parser.add_argument("--batch-size", type=int, help="default from the profile (paper: the paper's per method and dataset)")
-    parser.add_argument("--learning-rate", type=float, help="default: from the profile (paper: 1e-4)")
+    parser.add_argument("--learning-rate", type=float, help="default: from the profile (paper: Adam 1e-4); nnU-Net keeps its own SGD 1e-2")
     parser.add_argument("--checkpoint", choices=["best", "final"],
                         help="evaluate the best model by source-site validation Dice or the final one (default from the profile)")
     parser.add_argument("--cpu-threads", type=int, help="OpenMP threads per training/evaluation process (default from the profile)")

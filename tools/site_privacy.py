@@ -5,7 +5,7 @@ out of the site's own model (built here from the installed fedfms, not from any 
     python tools/site_privacy.py write STARTUP_KIT/local [--mode drop|reject] [--default-scope fedmsa]
     python tools/site_privacy.py check --method fedmsa --model-type vit_b [--privacy STARTUP_KIT/local/privacy.json]
 
-`write` adds the shipped scopes (fedmsa, full_model, metrics_only) and the guard component to the
+`write` adds the shipped scopes (fedmsa, full_model, fednnunet, metrics_only) and the guard component to the
 site's privacy.json, keeping its other scopes. `check` builds the method's network on the meta device
 (seconds, no memory), prints the scope the method's jobs declare, the tensors the scope's patterns
 block or let out beyond what the network transmits, the result size against the scope's cap, and the

@@ -103,8 +103,10 @@ def test_inference_booleans_from_the_command_line(bundle, text, small_datalist, 
 
 def test_every_typed_option_of_every_bundle_is_checked_at_start():
     """Each bundle's initialize step names the typed options the bundle defines (and nothing it lacks)."""
-    for bundle in ("sam", "msa", "unet"):
-        for files in (("train.json",), ("inference.json",)):
+    # nnunet's inference.json overrides its train.json (it is read with it), so only train.json alone
+    for bundle, configs in (("sam", ("train.json", "inference.json")), ("msa", ("train.json", "inference.json")),
+                            ("unet", ("train.json", "inference.json")), ("nnunet", ("train.json",))):
+        for files in ((name,) for name in configs):
             parser = _parser(bundle, files)
             checked = {key for step in parser["initialize"] if isinstance(step, dict)
                        and step["_target_"] == "fedfms.bundle.options.check_options" for key in step if key != "_target_"}
@@ -119,6 +121,27 @@ def test_numbers_as_strings_and_bad_numbers():
         check_options(batch_size="four")
     with pytest.raises(KeyError, match="not a typed bundle option"):
         check_options(batch_sise=4)
+
+
+@pytest.mark.parametrize("option, text, expected", [
+    ("use_mirroring", "sometimes", "expected a boolean"), ("batch_size", "four", "expected an integer"),
+    ("iterations_per_epoch", "0", "expected an integer >= 1"), ("gpu_memory_target_gb", "lots", "expected a number")])
+def test_nnunet_options_are_checked_at_start(option, text, expected):
+    value = _as_the_command_line_gives(option, text)
+    with pytest.raises(Exception) as info:
+        _parser("nnunet", ("train.json",), **{option: value}).get_parsed_content("initialize")
+    assert str(_option_error(info.value)).startswith(f"option {option}={value!r}: {expected}")
+
+
+def test_nnunet_null_options_mean_not_set():
+    """nnU-Net's batch size, learning rate and iterations per epoch default to null (the plan's batch size,
+    nnU-Net's 1e-2, one pass over the data): null passes the start check; in other bundles it does not."""
+    parser = _parser("nnunet", ("train.json",), use_mirroring=_as_the_command_line_gives("use_mirroring", "false"))
+    assert [parser[k] for k in ("batch_size", "learning_rate", "iterations_per_epoch")] == [None, None, None]
+    parser.get_parsed_content("initialize")
+    with pytest.raises(Exception) as info:
+        _parser("unet", ("train.json",), batch_size=None).get_parsed_content("initialize")
+    assert str(_option_error(info.value)).startswith("option batch_size=None: expected an integer")
 
 
 def test_the_command_line_stops_with_one_line_naming_the_option(small_datalist):

@@ -103,14 +103,16 @@ def run_simulator(tmp_path, data_root, sam_checkpoint):
             config = json.loads(config_path.read_text())
             # The audit sees the wire: first of the incoming chain, last of the outgoing one (around
             # e.g. the half-precision filters the job may already have).
-            # (NVFlare allows one chain per task, and the job's chains cover train and validate.)
+            # (NVFlare allows one chain per task, and the job's chains cover train and validate.) Every
+            # task of the executor is audited (a FednnU-Net job's planning tasks too).
+            tasks = config["executors"][0]["tasks"]
             for key, direction in (("task_data_filters", "in"), ("task_result_filters", "out")):
                 recorder = {"path": "fedfms_audit.AuditFilter", "args": {"direction": direction, "out_dir": str(audit_dir)}}
                 job_filters = config[key][0]["filters"] if config[key] else []
                 # fedfms.runtime.faults.FaultInjection learns the round (and the received model) from FaultTap
                 tap = [{"path": "fedfms.runtime.faults.FaultTap", "args": {}}] if result_filters else []
                 filters = [recorder, *job_filters, *tap] if direction == "in" else [*result_filters, *job_filters, recorder]
-                config[key] = [{"tasks": ["train", "validate"], "filters": filters}]
+                config[key] = [{"tasks": tasks, "filters": filters}]
             config_path.write_text(json.dumps(config, indent=2))
         workspace = tmp_path / workspace_name
         allow_fedfms_components(workspace / "local")

@@ -7,21 +7,27 @@ import os
 import threading
 
 import numpy as np
-from nvflare.apis.dxo import from_shareable
+from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.shareable import ReservedHeaderKey
 
 _lock = threading.Lock()
 _counts = {}
 
 
 class AuditFilter(Filter):
+    """Records SITE.DIRECTION.TASK.N.json: the DXO's kind and meta, the shareable's payload keys (all but
+    NVFlare's headers), the return code and fedfms' error header; for a DXO of WEIGHTS the tensors go to
+    .npz, for any other DXO (the planning step's fingerprint and plan) the data into the JSON as they are
+    (json.dump fails on anything that is not plain JSON: arrays or bytes would stop the run). A reply
+    without a DXO (an error, or the plan task's bare acknowledgement) records no data."""
+
     def __init__(self, direction: str, out_dir: str):
         super().__init__()
         self.direction, self.out_dir = direction, out_dir
 
     def process(self, shareable, fl_ctx):
-        dxo = from_shareable(shareable)
         site = fl_ctx.get_identity_name()
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
         # numbered by the records already there: the simulator may run a site's tasks in new processes
@@ -30,10 +36,22 @@ class AuditFilter(Filter):
         prefix = f"{site}.{self.direction}.{task}."
         index = sum(name.startswith(prefix) and name.endswith(".json") for name in os.listdir(self.out_dir))
         stem = os.path.join(self.out_dir, f"{prefix}{index}")
-        np.savez(stem + ".npz", **{name: np.asarray(value) for name, value in dxo.data.items()})
-        meta = {k: v for k, v in dxo.meta.items() if isinstance(v, (int, float, str, dict, list))}
+        record = {"payload_keys": sorted(k for k in shareable if k != ReservedHeaderKey.HEADERS),
+                  "return_code": shareable.get_return_code(), "error": shareable.get_header("fedfms_error"),
+                  "kind": None, "meta": {}}
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError:  # not a DXO
+            dxo = None
+        if dxo is not None:
+            record["kind"] = dxo.data_kind
+            record["meta"] = {k: v for k, v in dxo.meta.items() if isinstance(v, (int, float, str, dict, list))}
+            if dxo.data_kind == DataKind.WEIGHTS:
+                np.savez(stem + ".npz", **{name: np.asarray(value) for name, value in dxo.data.items()})
+            else:
+                record["data"] = dxo.data
         with open(stem + ".json", "w") as handle:
-            json.dump({"kind": dxo.data_kind, "meta": meta}, handle, default=str)
+            json.dump(record, handle, default=str if dxo is None or dxo.data_kind == DataKind.WEIGHTS else None)
         return shareable
 
 

@@ -49,7 +49,7 @@ def test_jobs_folder_is_in_sync_with_the_generator(tmp_path):
 def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
     expected_batch = {("fedsam", "nuclei"): 4, ("fedmsa", "brain"): 8}
     assert sorted(dataset_names()) == ["brain", "fundus", "nuclei", "prostate"]
-    assert {"fedsam", "fedmsa", "fedunet"} <= set(method_names(federated=True))
+    assert {"fedsam", "fedmsa", "fedunet", "fednnunet"} <= set(method_names(federated=True))
     for dataset in dataset_names():
         for method in method_names(federated=True):
             job = f"{method}_{dataset}"
@@ -61,7 +61,27 @@ def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
             assert "overrides" not in _config(job, "client")["executors"][0]["executor"]["args"]
             assert "overrides" not in _component(_config(job, "server"), "persistor")["args"]
             assert overrides["num_classes"] == (2 if dataset == "fundus" else 1)
-            if method == "fedunet":
+            server, client = _config(job, "server"), _config(job, "client")
+            workflows = [w["id"] for w in server["workflows"]]
+            executor = client["executors"][0]
+            if method == "fednnunet":
+                # the plan's network, batch size and nnU-Net's own learning rate; its poly schedule spans
+                # 100 rounds x 1 local epoch; the planning step runs first and its tasks reach the sites
+                assert overrides == {"num_classes": overrides["num_classes"], "lr_schedule_epochs": 100}
+                assert workflows == ["nnunet_planning", "scatter_and_gather", "cross_site_model_eval"]
+                planning = _component(server, "nnunet_planning")
+                assert planning["path"] == "fedfms.runtime.nnunet_planning.NnUNetPlanning"
+                assert planning["args"]["train_sites"] == meta["deploy_map"]["app"][1:]
+                assert planning["args"]["min_clients"] == len(settings.train_sites) - 1
+                assert executor["tasks"] == ["train", "validate", "nnunet_fingerprint", "nnunet_plan"]
+                assert executor["executor"]["path"] == "fedfms.runtime.nnunet_executor.PlannedBundleExecutor"
+                assert _component(server, "persistor")["path"] == "fedfms.runtime.nnunet_planning.PlannedModelPersistor"
+            else:
+                assert workflows == ["scatter_and_gather", "cross_site_model_eval"]
+                assert executor["tasks"] == ["train", "validate"]
+                assert executor["executor"]["path"] == "fedfms.runtime.executor.BundleExecutor"
+                assert _component(server, "persistor")["path"] == "fedfms.runtime.persistor.TransmittedModelPersistor"
+            if method in ("fedunet", "fednnunet"):
                 assert "model_type" not in overrides and "batch_size" not in overrides
             else:
                 assert (overrides["model_type"], overrides["image_size"]) == ("vit_b", 1024)

@@ -279,7 +279,7 @@ def test_privacy_json_as_nvflare_reads_it(tmp_path):
 
 # -- the scope every job declares -----------------------------------------------------------------
 def test_every_job_declares_its_methods_shipped_scope():
-    expected = {"fedmsa": "fedmsa", "fedsam": "full_model", "fedunet": "full_model"}
+    expected = {"fedmsa": "fedmsa", "fedsam": "full_model", "fedunet": "full_model", "fednnunet": "fednnunet"}
     assert set(method_names(federated=True)) == set(expected)
     for method, scope in expected.items():
         assert get_method(method).privacy_scope == scope

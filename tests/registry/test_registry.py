@@ -24,8 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_methods_pair_each_bundle_federated_and_centralized():
-    assert method_names() == ["fedunet", "unet", "fedsam", "sam", "fedmsa", "msa"]  # the paper's Table 1 order
-    assert method_names(federated=True) == ["fedunet", "fedsam", "fedmsa"]
+    # the paper's Table 1 order
+    assert method_names() == ["fedunet", "unet", "fednnunet", "nnunet", "fedsam", "sam", "fedmsa", "msa"]
+    assert method_names(federated=True) == ["fedunet", "fednnunet", "fedsam", "fedmsa"]
+    assert (get_method("fednnunet").label, get_method("nnunet").label) == ("FednnU-Net", "nnU-Net")
+    assert get_method("fednnunet").planned and not get_method("fedunet").planned
     fedmsa, msa = get_method("fedmsa"), get_method("msa")
     assert (fedmsa.label, msa.label, fedmsa.bundle, msa.bundle) == ("FedMSA", "MSA", "msa", "msa")
     assert fedmsa.federated and not msa.federated and fedmsa.uses_sam and not get_method("unet").uses_sam
@@ -75,8 +78,27 @@ def test_profiles_and_the_overrides_they_give():
         "num_classes": 1, "model_type": "vit_b", "image_size": 1024, "batch_size": 8}
     assert bundle_overrides(get_method("unet"), get_dataset("fundus"), demo) == {
         "num_classes": 2, "image_size": 64, "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0}
+    # nnU-Net: its own SGD learning rate (the profile's is Adam's), its poly schedule over rounds x local
+    # epochs, the plan's batch size unless the profile sets one; in the CPU demo no mirroring at test time
+    assert bundle_overrides(get_method("fednnunet"), get_dataset("prostate"), PAPER) == {
+        "num_classes": 1, "lr_schedule_epochs": 100}
+    assert bundle_overrides(get_method("nnunet"), get_dataset("prostate"), demo.override(local_epochs=3)) == {
+        "num_classes": 1, "image_size": 64, "batch_size": 4, "num_workers": 0, "lr_schedule_epochs": 6,
+        "use_mirroring": False}
+    # mixed precision goes to every bundle with the paper's recipe, activation checkpointing to SAM's only
+    compute = PAPER.override(amp="false", amp_dtype="bfloat16", activation_checkpointing="true")
+    assert (compute.amp, compute.activation_checkpointing) == (False, True)
+    assert bundle_overrides(get_method("fedmsa"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "model_type": "vit_b", "image_size": 1024, "batch_size": 4, "amp": False,
+        "amp_dtype": "bfloat16", "activation_checkpointing": True}
+    assert bundle_overrides(get_method("unet"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "amp": False, "amp_dtype": "bfloat16"}
+    assert bundle_overrides(get_method("fednnunet"), get_dataset("prostate"), compute) == {
+        "num_classes": 1, "lr_schedule_epochs": 100}
     with pytest.raises(ValueError, match="option checkpoint=.last.: expected one of .best., .final."):
         Profile("x", checkpoint="last")
+    with pytest.raises(ValueError, match="option amp='sometimes': expected true, false or auto"):
+        Profile("x", amp="sometimes")
 
 
 class ToyPreparer(preparation.Preparer):

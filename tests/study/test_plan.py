@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedfms.core.wire import EVALUATE_CONFIG, TRAIN_CONFIG
-from fedfms.registry import Profile
+from fedfms.registry import Profile, method_names
 from fedfms.study import StudyError, StudySettings, discover_sites, plan_study
 from fedfms.study.commands import bundle_command
 from fedfms.study.runs import FAILED, FINISHED, _bundle_overrides, is_reusable, job_settings, sam_weights
@@ -110,6 +110,20 @@ def test_federated_job_and_centralized_overrides_agree(fake_root, tmp_path):
     assert sam_weights(runs["msa-pt__HK"], study) is None and sam_weights(runs["unet__HK"], study) is None
 
 
+def test_fednnunet_and_nnunet_runs_fill_the_paper_fednnunet_column(fake_root, tmp_path):
+    study = settings(fake_root, held_out=("UCL",), out=tmp_path / "out", methods=("fednnunet", "nnunet"))
+    runs = {r.name: r for r in plan_study(study, discover_sites(fake_root, "prostate"))}
+    assert [(r.label, r.paper_row) for r in runs.values()] == [("FednnU-Net", "FednnU-Net"), ("nnU-Net", None)]
+    job = job_settings(runs["fednnunet__UCL"], study)
+    assert job.method == "fednnunet" and job.train_sites == ["BIDMC", "HK", "ISBI1.5"] and job.min_clients == 3
+    # the same bundle settings both ways; nnU-Net keeps its own SGD learning rate (the profile's 1e-3 is
+    # Adam's) and its poly schedule spans rounds x local epochs (the centralized run trains that many epochs)
+    central = _bundle_overrides(runs["nnunet__UCL"], study, None)
+    assert central == job.bundle_overrides() == {"num_classes": 1, "image_size": 64, "batch_size": 4, "num_workers": 0,
+                                                  "lr_schedule_epochs": 2}
+    assert sam_weights(runs["nnunet__UCL"], study) is None and "model_type" not in runs["nnunet__UCL"].settings
+
+
 def test_bundle_command_passes_pooled_datalists_as_a_list():
     argv = bundle_command(REPO / "bundles" / "msa", "evaluate", [TRAIN_CONFIG, EVALUATE_CONFIG],
                           {"datalist": ["/d/a/datalist.json", "/d/b/datalist.json"], "sam_checkpoint": None, "image_size": 64})
@@ -136,7 +150,8 @@ def test_cli_profile_defaults_and_overrides(cli, fake_root, tmp_path):
     study = cli.settings_from_args(args, "CMD")
     profile = study.profile
     assert (profile.model_type, profile.image_size, profile.rounds, profile.local_epochs, profile.checkpoint) == ("vit_tiny", 64, 3, 1, "final")
-    assert study.methods == ALL and study.held_out == ("UCL",) and study.command == "CMD"
+    assert study.methods == tuple(method_names()) and {"fednnunet", "nnunet", *ALL} <= set(study.methods)
+    assert study.held_out == ("UCL",) and study.command == "CMD"
     paper = cli.settings_from_args(cli.parse_args(["--dataset", "prostate", "--data-root", str(fake_root), "--out", "o"]), "")
     profile = paper.profile
     assert (profile.model_type, profile.image_size, profile.rounds, profile.learning_rate, profile.checkpoint) == ("vit_b", None, 100, None, "best")

@@ -19,7 +19,7 @@ import sys
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 from fedfms.core.options import as_bool, as_choice, as_float, as_int
 from fedfms.networks.attention import ATTENTION_CHOICES
@@ -35,6 +35,7 @@ BUNDLE_OPTIONS: Dict[str, Callable[[str, object], object]] = {
     "write_overlays": as_bool,
     "dicom_seg": as_bool,
     "stop_on_error": as_bool,
+    "use_mirroring": as_bool,
     "image_size": partial(as_int, minimum=1),
     "output_scale": partial(as_int, minimum=1),
     "num_classes": partial(as_int, minimum=1),
@@ -44,19 +45,24 @@ BUNDLE_OPTIONS: Dict[str, Callable[[str, object], object]] = {
     "val_interval": partial(as_int, minimum=1),
     "num_overlays": partial(as_int, minimum=0),
     "learning_rate": partial(as_float, above=0),
+    "lr_schedule_epochs": partial(as_int, minimum=1),
+    "iterations_per_epoch": partial(as_int, minimum=1),
+    "gpu_memory_target_gb": partial(as_float, above=0),
 }
 _PACKAGE = str(Path(__file__).resolve().parents[1])
 
 
-def check_options(**values: object) -> None:
-    """Check each bundle option given as ``id=value`` (OptionError naming the first bad one). On the
-    ``python -m monai.bundle`` command line, fedfms errors are then printed as one line."""
+def check_options(nullable: Sequence[str] = (), **values: object) -> None:
+    """Check each bundle option given as ``id=value`` (OptionError naming the first bad one); the options
+    named in ``nullable`` may also be None (the bundle's "not set", e.g. nnU-Net's batch size: the plan's).
+    On the ``python -m monai.bundle`` command line, fedfms errors are then printed as one line."""
     if _on_bundle_command_line():
         sys.excepthook = one_line_errors
     for name, value in values.items():
         if name not in BUNDLE_OPTIONS:
             raise KeyError(f"{name!r} is not a typed bundle option; known: {sorted(BUNDLE_OPTIONS)}")
-        BUNDLE_OPTIONS[name](name, value)
+        if value is not None or name not in nullable:
+            BUNDLE_OPTIONS[name](name, value)
 
 
 def _on_bundle_command_line() -> bool:

@@ -44,3 +44,16 @@ RESULTS_FILE = "fedfms_results"
 #: per-site fields of a round in ROUNDS_FILE: serialized bytes the server received from the site (its
 #: training result, as it arrived) and sent to it (the train task, after the server's filters)
 BYTES_UP, BYTES_DOWN = "bytes_up", "bytes_down"
+
+# -- the federated planning step of jobs whose network is planned from the sites' data (FednnU-Net)
+#: task: a training site computes nnU-Net's dataset fingerprint of its training split and returns it
+FINGERPRINT_TASK = "nnunet_fingerprint"
+#: task: every site receives the plan made from the merged fingerprints
+PLAN_TASK = "nnunet_plan"
+#: the one entry of the fingerprint task's result (a DXO of COLLECTION)
+FINGERPRINT_KEY = "fingerprint"
+#: the one entry of the plan task's data (a DXO of COLLECTION)
+PLAN_KEY = "plan"
+#: reply header of a failed planning task: the site's error message (names the site and the file, never
+#: image content), so the server can log why a site is missing
+ERROR_MESSAGE = "fedfms_error"

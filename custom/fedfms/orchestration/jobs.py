@@ -45,7 +45,7 @@ from nvflare.job_config.api import FedJob
 
 from fedfms.core.io import staged_directory, write_json_atomic
 from fedfms.core.options import OptionError, as_bool, as_choice, as_float, as_int, as_names
-from fedfms.core.wire import BUNDLE_IN_APP, GLOBAL_MODEL_IN_RUN, JOB_CONFIG, VAL_DICE
+from fedfms.core.wire import BUNDLE_IN_APP, FINGERPRINT_TASK, GLOBAL_MODEL_IN_RUN, JOB_CONFIG, PLAN_TASK, VAL_DICE
 from fedfms.registry import PAPER, Profile, bundle_overrides, dataset_names, get_dataset, get_method, method_names
 from fedfms.runtime.aggregation import (
     AGGREGATIONS, CLIP_FACTOR, FEDSCA_TEMPERATURE, OUTLIER_FACTOR, ROBUST_MEANS, GuardedAggregator,
@@ -53,6 +53,8 @@ from fedfms.runtime.aggregation import (
 from fedfms.runtime.best_model import AcceptedModelSelector
 from fedfms.runtime.controller import TrainingSitesScatterAndGather
 from fedfms.runtime.executor import BundleExecutor
+from fedfms.runtime.nnunet_executor import PlannedBundleExecutor
+from fedfms.runtime.nnunet_planning import NnUNetPlanning, PlannedModelPersistor
 from fedfms.runtime.persistor import TransmittedModelPersistor
 from fedfms.runtime.report import JobReport
 
@@ -60,6 +62,8 @@ from .transfer import check_transfer, transfer_filters
 
 _CLIENT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 TASKS = ["train", "validate"]
+#: the tasks of the planning step of a job whose network is planned (``Method.planned``: FednnU-Net)
+PLANNING_TASKS = [FINGERPRINT_TASK, PLAN_TASK]
 
 
 def client_name(site: str) -> str:
@@ -236,6 +240,7 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     files the job carries (configs/job.json, the embedded package), alive until the job is exported.
     """
     s = settings
+    planned = get_method(s.method).planned
     train = [client_name(x) for x in s.train_sites]
     clients = [client_name(x) for x in s.all_sites]
     # The deploy map names every site (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
@@ -245,8 +250,9 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     job.set_app_packages(["fedfms"])  # installed at every participant (or embedded below), never copied per class
 
     resume = s.resume_from or ""
-    persistor = TransmittedModelPersistor(source_ckpt_file_full_name=str(Path(resume) / GLOBAL_MODEL_IN_RUN)) \
-        if resume else TransmittedModelPersistor()
+    persistor_class = PlannedModelPersistor if planned else TransmittedModelPersistor
+    persistor = persistor_class(source_ckpt_file_full_name=str(Path(resume) / GLOBAL_MODEL_IN_RUN)) \
+        if resume else persistor_class()
     job.to_server(persistor, id="persistor")
     job.to_server(FullModelShareableGenerator(), id="shareable_generator")
     job.to_server(_aggregator(s), id="aggregator")
@@ -258,6 +264,9 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     job.to_server(TBAnalyticsReceiver(), id="tb_analytics_receiver")
     job.to_server(JobReport(train_sites=train, held_out_sites=[client_name(x) for x in s.held_out], resume_from=resume),
                   id="report")
+    if planned:  # workflows run in order: the plan, hence the network, exists before the first round
+        job.to_server(NnUNetPlanning(train_sites=train, min_clients=s.min_training_results, task_timeout=s.train_timeout),
+                      id="nnunet_planning")
     job.to_server(TrainingSitesScatterAndGather(
         train_sites=train, min_clients=s.min_training_results, num_rounds=s.profile.rounds,
         wait_time_after_min_received=s.wait_time_after_min_received, train_timeout=s.train_timeout,
@@ -268,8 +277,9 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
                                          validation_timeout=s.cross_site_eval_timeout), id="cross_site_model_eval")
 
     folders = {client_name(x): x for x in s.all_sites if client_name(x) != x}
-    job.to_clients(BundleExecutor(s.dataset, local_epochs=s.profile.local_epochs, site_folders=folders or None),
-                   tasks=TASKS)
+    executor = PlannedBundleExecutor if planned else BundleExecutor
+    job.to_clients(executor(s.dataset, local_epochs=s.profile.local_epochs, site_folders=folders or None),
+                   tasks=TASKS + PLANNING_TASKS if planned else TASKS)
     job.to_clients(TBWriter(), id="analytic_sender")
     job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."), id="event_to_fed")
     # float16 / int8 transfer and partial upload: one chain per side and direction (fedfms.orchestration.transfer)

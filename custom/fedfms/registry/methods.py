@@ -28,6 +28,16 @@ class Method:
     apply); network: the fedfms network class the bundle's ``network_def`` builds (None: a MONAI network);
     paper_batch_sizes: the paper's batch size per dataset, key None for every other dataset (empty: the
     bundle's default).
+    planned: the network is planned from the data (nnU-Net): a federated job first has every training
+    site send a summary of its data (nnU-Net's fingerprint) and the server plan the network once, then
+    trains that network; a centralized run plans on the pooled source sites (the bundle does).
+    own_recipe: the bundle trains with its own recipe's optimizer, learning rate and precision
+    (nnU-Net's SGD, 1e-2, its own autocast on CUDA): a profile's learning rate, meant for the paper's
+    Adam, and its amp / amp_dtype do not apply to it.
+    lr_schedule: the bundle's learning-rate schedule has a length, its ``lr_schedule_epochs`` option:
+    every run sets it to rounds x local epochs, so a federated schedule spans the whole federation.
+    profile_overrides: bundle overrides of this method under a profile, by profile name (e.g. the CPU
+    demo's lighter nnU-Net settings), applied after the profile's.
     privacy_scope: the NVFlare privacy scope its jobs declare in meta.json; each site decides in its own
     local/privacy.json what a scope lets out (shipped scopes: ``fedfms.runtime.privacy.EXAMPLE_SCOPES``).
     """
@@ -39,6 +49,10 @@ class Method:
     uses_sam: bool = False
     network: Optional[type[nn.Module]] = None
     paper_batch_sizes: Mapping[Optional[str], int] = field(default_factory=dict, hash=False)
+    planned: bool = False
+    own_recipe: bool = False
+    lr_schedule: bool = False
+    profile_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict, hash=False)
     privacy_scope: str = "full_model"
 
     def batch_size(self, dataset: str) -> Optional[int]:
@@ -51,14 +65,18 @@ METHODS: Dict[str, Method] = {}
 
 
 def register_bundle(bundle: str, label: str, *, uses_sam: bool = False, network: Optional[type[nn.Module]] = None,
-                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None,
+                    paper_batch_sizes: Optional[Mapping[Optional[str], int]] = None, planned: bool = False,
+                    own_recipe: bool = False, lr_schedule: bool = False,
+                    profile_overrides: Optional[Mapping[str, Mapping[str, object]]] = None,
                     privacy_scope: str = "full_model") -> Tuple[Method, Method]:
     """Register the federated method ``fed<bundle>`` (label ``Fed<label>``) and the centralized
     ``<bundle>`` (label ``<label>``) of ``bundles/<bundle>``; return (federated, centralized).
-    privacy_scope: the scope the federated method's jobs declare ("full_model": the site lets out any
-    tensor; a method that sends less names a tighter scope). ValueError if either name is taken."""
+    The keyword arguments are the ``Method`` fields of both; privacy_scope: the scope the federated
+    method's jobs declare ("full_model": the site lets out any tensor; a method that sends less names a
+    tighter scope). ValueError if either name is taken."""
     methods = tuple(
         Method(prefix + bundle, label_prefix + label, bundle, federated, uses_sam, network, dict(paper_batch_sizes or {}),
+               planned, own_recipe, lr_schedule, {k: dict(v) for k, v in (profile_overrides or {}).items()},
                privacy_scope)
         for prefix, label_prefix, federated in ((FEDERATED_PREFIX, FEDERATED_LABEL_PREFIX, True), ("", "", False))
     )
@@ -89,11 +107,15 @@ def method_names(federated: Optional[bool] = None) -> List[str]:
     return [m.name for m in METHODS.values() if federated is None or m.federated == federated]
 
 
-# The paper's Table 1 order: conventional baselines first, then SAM, then MSA. Batch sizes: the
-# reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default. Privacy
-# scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM and FedU-Net their whole
-# trainable state ("full_model").
+# The paper's Table 1 order: conventional baselines first (U-Net, nnU-Net), then SAM, then MSA. Batch
+# sizes: the reference code's (FedSAM 6, nuclei 4; FedMSA 4, brain 8); U-Net uses its bundle's default,
+# nnU-Net its plan's. nnU-Net in the CPU demo: no mirroring test-time augmentation (4 passes per patch).
+# Privacy scopes: FedMSA sends adapters, decoder and head only ("fedmsa"); FedSAM and FedU-Net their
+# whole trainable state ("full_model"); FednnU-Net that and, before training, its nnU-Net fingerprint
+# ("fednnunet").
 register_bundle("unet", "U-Net")
+register_bundle("nnunet", "nnU-Net", planned=True, own_recipe=True, lr_schedule=True,
+                profile_overrides={"demo": {"use_mirroring": False}}, privacy_scope="fednnunet")
 register_bundle("sam", "SAM", uses_sam=True, network=SAMSegmenter, paper_batch_sizes={None: 6, "nuclei": 4})
 register_bundle("msa", "MSA", uses_sam=True, network=MSASegmenter, paper_batch_sizes={None: 4, "brain": 8},
                 privacy_scope="fedmsa")

@@ -31,7 +31,8 @@ class Profile:
     local_epochs: local epochs per round (centralized runs train rounds x local_epochs epochs, the same
     number of passes over the data); batch_size: None = the paper's per method and dataset
     (``Method.batch_size``); learning_rate, num_workers: None = the bundle's default (the paper's 1e-4;
-    2 loader workers); cpu_threads: OpenMP threads of each training or evaluation process (None =
+    2 loader workers; the learning rate is Adam's: methods with their own recipe, ``Method.own_recipe``,
+    keep theirs); cpu_threads: OpenMP threads of each training or evaluation process (None =
     torch's default, all cores; small models on a busy CPU run several times faster with 1, because idle
     threads spin-wait); checkpoint: the trained model a study evaluates, "best" (highest validation Dice
     on the source sites) or "final"; amp / amp_dtype: mixed precision (``fedfms.bundle.precision``: True,
@@ -126,8 +127,13 @@ def bundle_overrides(method: Method, dataset: Dataset, profile: Profile) -> Dict
     elif profile.image_size:
         overrides["image_size"] = profile.image_size
     batch_size = profile.batch_size or method.batch_size(dataset.name)
-    optional = {"batch_size": batch_size, "learning_rate": profile.learning_rate, "num_workers": profile.num_workers,
-                "amp": profile.amp, "amp_dtype": profile.amp_dtype,
+    own = method.own_recipe
+    optional = {"batch_size": batch_size, "learning_rate": None if own else profile.learning_rate,
+                "num_workers": profile.num_workers, "amp": None if own else profile.amp,
+                "amp_dtype": None if own else profile.amp_dtype,
                 "activation_checkpointing": profile.activation_checkpointing if method.uses_sam else None}
     overrides.update({k: v for k, v in optional.items() if v is not None})
+    if method.lr_schedule:
+        overrides["lr_schedule_epochs"] = profile.rounds * profile.local_epochs
+    overrides.update(method.profile_overrides.get(profile.name, {}))
     return overrides

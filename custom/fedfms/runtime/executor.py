@@ -34,6 +34,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
+from fedfms.bundle.datalist import load_datalist
 from fedfms.core.options import as_int
 from fedfms.core.wire import BUNDLE_IN_APP, BYTES_SENT, EVALUATE_CONFIG, FROZEN_SHA256, TEST_DICE, TRAIN_LOSS, VAL_DICE
 
@@ -155,7 +156,8 @@ class BundleExecutor(Executor):
             algo.initialize(self._extra(fl_ctx))
             Average(output_transform=from_engine(["loss"], first=True)).attach(algo.trainer, _LOSS_METRIC)
             self.names = transmitted_names(algo.trainer.network)
-            self.num_train_samples = len(algo.trainer.data_loader.dataset)
+            # n_k from the datalist, not the loader: nnU-Net's batch generator has no dataset to count
+            self.num_train_samples = len(load_datalist(self.bundle_overrides["datalist"], "training"))
             if self.num_train_samples == 0:
                 raise ValueError(f"site {self.site}: the training split of {self.bundle_overrides['datalist']} is empty")
             self.trainer_algo = algo

@@ -69,12 +69,7 @@ class TransmittedModelPersistor(PTFileModelPersistor):
 
     def _build_model(self, fl_ctx: FLContext) -> None:
         bundle_root = os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.bundle_root)
-        overrides = dict(self.overrides or {}, device="cpu")
-        if uses_sam_checkpoint(bundle_root):
-            checkpoint = resolve_sam_checkpoint(fl_ctx.get_engine().get_workspace().get_root_dir())
-            overrides["sam_checkpoint"] = str(checkpoint) if checkpoint else None
-            self.log_info(fl_ctx, f"global model SAM weights: {checkpoint or 'random initialisation'}")
-        self.model = build_bundle_network(bundle_root, overrides)
+        self.model = build_bundle_network(bundle_root, self._network_overrides(fl_ctx, bundle_root))
         self.names = transmitted_names(self.model)
         self.fingerprint = frozen_fingerprint(self.model.state_dict(), self.names)
         self.log_info(
@@ -82,6 +77,15 @@ class TransmittedModelPersistor(PTFileModelPersistor):
             f"global model {type(self.model).__name__}: {len(self.model.state_dict())} tensors held, "
             f"{len(self.names)} transmitted",
         )
+
+    def _network_overrides(self, fl_ctx: FLContext, bundle_root: str) -> dict:
+        """Bundle overrides of the server's network: the job's, on the CPU, with the server's SAM checkpoint."""
+        overrides = dict(self.overrides or {}, device="cpu")
+        if uses_sam_checkpoint(bundle_root):
+            checkpoint = resolve_sam_checkpoint(fl_ctx.get_engine().get_workspace().get_root_dir())
+            overrides["sam_checkpoint"] = str(checkpoint) if checkpoint else None
+            self.log_info(fl_ctx, f"global model SAM weights: {checkpoint or 'random initialisation'}")
+        return overrides
 
     def _transmitted(self, ml: Optional[ModelLearnable], what: str) -> Optional[ModelLearnable]:
         if ml is None:

@@ -9,7 +9,9 @@ whatever the job configures. This module is that filter and the
 site-side pieces around it:
 
 - :class:`ResultPolicy` (a scope's task result filter): lets out only
-  * DXOs of the allowed data kinds (default WEIGHTS, WEIGHT_DIFF, METRICS; never COLLECTION);
+  * DXOs of the allowed data kinds (default WEIGHTS, WEIGHT_DIFF, METRICS; never COLLECTION, except,
+    where the scope says ``nnunet_fingerprint``, one COLLECTION holding exactly an nnU-Net fingerprint
+    that passes ``fedfms.nnunet.check_fingerprint``: FednnU-Net's planning step);
   * tensors (WEIGHTS / WEIGHT_DIFF) whose names match the scope's glob patterns, that are numpy arrays
     of an allowed dtype (default float32 and float16) with at most ``max_tensor_elements`` values,
     all of them together at most ``max_result_bytes``;
@@ -60,8 +62,9 @@ from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from torch import nn
 
 from fedfms.core.io import write_json_atomic
-from fedfms.core.wire import BYTES_SENT, TRAIN_LOSS
+from fedfms.core.wire import BYTES_SENT, FINGERPRINT_KEY, TRAIN_LOSS
 from fedfms.networks import transmitted_keys
+from fedfms.nnunet import check_fingerprint
 
 MODES = ("drop", "reject")
 #: DXO kinds whose data are named tensors; METRICS data are named numbers
@@ -151,6 +154,9 @@ class ResultPolicy(Filter):
         max_result_bytes: bytes of all tensors of one result together (0: no cap).
         max_metric_values: values one metric may hold (1: scalars only).
         meta_keys: DXO meta keys that may leave (values must be plain, see plain_value_problem).
+        nnunet_fingerprint: also let out a COLLECTION whose data is exactly {"fingerprint": F}, no meta,
+            where F passes nnU-Net's fingerprint audit (``fedfms.nnunet.check_fingerprint``: exact keys,
+            numbers only); anything else in a COLLECTION is withheld.
         mode: "drop" (remove what breaks the policy, send the rest) or "reject" (withhold the result).
     """
 
@@ -164,6 +170,7 @@ class ResultPolicy(Filter):
         max_result_bytes: int = 0,
         max_metric_values: int = 1,
         meta_keys: Sequence[str] = META_KEYS,
+        nnunet_fingerprint: bool = False,
         mode: str = "drop",
     ):
         super().__init__()
@@ -184,6 +191,7 @@ class ResultPolicy(Filter):
         self.max_tensor_elements, self.max_result_bytes = max_tensor_elements, max_result_bytes
         self.max_metric_values = max_metric_values
         self.meta_keys = _check_names(meta_keys, "meta_keys")
+        self.nnunet_fingerprint = bool(nnunet_fingerprint)
         self.mode = mode
 
     # -- the policy, as pure functions of a result ------------------------------------------------
@@ -245,6 +253,9 @@ class ResultPolicy(Filter):
 
     def _review_dxo(self, dxo: DXO, violations: List[Violation]) -> Tuple[List[Violation], bool]:
         kind = getattr(dxo.data_kind, "value", dxo.data_kind)
+        if kind == DataKind.COLLECTION and self.nnunet_fingerprint:
+            problems = self._fingerprint_violations(dxo)
+            return violations + problems, bool(problems)
         if kind not in self.data_kinds:
             return violations + [Violation("result", "DXO", f"data kind {kind} not allowed (allowed: {', '.join(self.data_kinds)})")], True
         if not isinstance(dxo.data, dict) or not isinstance(dxo.meta, dict):
@@ -267,6 +278,19 @@ class ResultPolicy(Filter):
         if self.max_result_bytes and total > self.max_result_bytes:
             return violations + [Violation("result", "DXO", f"{total} bytes of tensors (cap {self.max_result_bytes})")], True
         return violations, False
+
+    @staticmethod
+    def _fingerprint_violations(dxo: DXO) -> List[Violation]:
+        """Why a COLLECTION is not exactly one audited nnU-Net fingerprint (empty: it is)."""
+        if not isinstance(dxo.data, dict) or set(dxo.data) != {FINGERPRINT_KEY} or dxo.meta:
+            keys = sorted(map(str, dxo.data)) if isinstance(dxo.data, dict) else type(dxo.data).__name__
+            return [Violation("result", "DXO", f"a COLLECTION may only hold {FINGERPRINT_KEY!r} without meta, "
+                                               f"got keys {keys} and meta {sorted(map(str, dxo.meta or {}))}")]
+        try:
+            check_fingerprint(dxo.data[FINGERPRINT_KEY], source="in the result")
+        except Exception as err:  # FingerprintError, or whatever a malformed value raises
+            return [Violation("result", FINGERPRINT_KEY, str(err))]
+        return []
 
     def cleaned(self, result: Shareable, violations: Sequence[Violation]) -> Shareable:
         """``result`` without the items ``violations`` name (non-fatal ones), changed in place."""
@@ -361,6 +385,9 @@ EXAMPLE_SCOPES: Dict[str, dict] = {
     "full_model": {"allow": ["*"], "data_kinds": [k.value for k in DATA_KINDS], **_TENSOR_RULES,
                    "pattern_dtypes": {"*.num_batches_tracked": ["int64"]}, "max_result_bytes": 4 * 2**30,
                    **_COMMON_RULES},
+    # FednnU-Net: the whole planned network, and before training the site's nnU-Net fingerprint
+    "fednnunet": {"allow": ["*"], "data_kinds": [k.value for k in DATA_KINDS], **_TENSOR_RULES,
+                  "max_result_bytes": 4 * 2**30, "nnunet_fingerprint": True, **_COMMON_RULES},
     # evaluation only (cross-site validation, a held-out site): aggregate metrics, no tensor
     "metrics_only": {"allow": [], "data_kinds": [DataKind.METRICS.value], **_COMMON_RULES},
 }

@@ -1,7 +1,7 @@
 """Does mixed precision change the result? The MSA bundle trained and evaluated twice on the same data
 with the same seed, once in float32 and once under an autocast dtype; the test-split Dice side by side.
 
-Both runs use the bundle's own train and evaluate commands (``fedfms.study.commands.bundle_command``),
+Both runs use the bundle's own train and evaluate commands (``fedfms.study.commands.bundle_command``, the study's config files),
 train on the sites' pooled training splits, and evaluate the final model (``model_final.pt``: the best
 by validation Dice could come from different epochs) on the pooled test splits.
 """
@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from fedfms.orchestration.simulator import run_logged
 from .commands import bundle_command
+from .runs import EVALUATE_CONFIGS, TRAIN_CONFIGS
 
 #: precision label -> bundle overrides
 PRECISIONS: Dict[str, Dict[str, str]] = {
@@ -40,9 +41,9 @@ def run_precision(bundle_root: Path, datalists: Sequence[str], out: Path, precis
     folder = out / precision
     overrides = {"datalist": list(datalists), **settings, **PRECISIONS[precision]}
     train_seconds = run_logged(
-        bundle_command(bundle_root, "", ["train.json"], {**overrides, "output_dir": str(folder / "train")}),
+        bundle_command(bundle_root, "", TRAIN_CONFIGS, {**overrides, "output_dir": str(folder / "train")}),
         folder / "train.log")
-    run_logged(bundle_command(bundle_root, "evaluate", ["train.json", "evaluate.json"],
+    run_logged(bundle_command(bundle_root, "evaluate", EVALUATE_CONFIGS,
                               {**overrides, "ckpt_path": str(folder / "train" / "model_final.pt"),
                                "output_dir": str(folder / "eval")}),
                folder / "evaluate.log")
