@@ -445,6 +445,7 @@ def _global(run) -> dict:
     return {k: v.numpy() for k, v in torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"].items()}
 
 
+@pytest.mark.heavy  # 190 s on 2 cores: the fast suite keeps the filter chain tests above
 def test_simulator_int8_top_k_partial_upload_on_the_wire_and_fedavg_of_the_decoded_updates(run_simulator, small_settings, small_sites):
     from fedfms.networks import MSASegmenter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
