@@ -119,7 +119,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, options.threads)), out / "simulator.log")
     with tqdm(total=profile.rounds, desc="federated rounds", unit="round") as bar:
         sim_seconds = run_simulator(job, workspace, options.threads, out / "simulator.log",
-                                    on_round=lambda done: bar.update(done - bar.n))
+                                    on_round=lambda done: bar.update(done - bar.n), rounds=profile.rounds)
     server = workspace / "server" / "simulate_job"
     history = json.loads((server / ROUNDS_FILE).read_text())
 
