@@ -46,8 +46,8 @@ class DemoOptions:
     """The demo's settings: the training ``profile`` (default DEMO_PROFILE: vit_tiny, 64 px, 3 rounds x 1
     local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need more), the
     held-out site, simulator threads (None: one per site, held-out included, so no site's process is
-    restarted between tasks; fewer threads than sites make NVFlare start a new client process per task,
-    which took 40% more time), the seed of the data and random SAM weights, an official SAM
+    restarted between tasks; fewer threads than sites make NVFlare start a new client process per task:
+    281-337 s instead of 181 s for the whole demo on 2 cores), the seed of the data and random SAM weights, an official SAM
     checkpoint (None: random SAM weights), and the job's transfer options (JobSettings fields of
     ``fedfms.orchestration.transfer``, e.g. {"compression": "int8", "topk_fraction": 0.2})."""
 

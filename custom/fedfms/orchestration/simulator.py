@@ -84,8 +84,8 @@ def simulator_command(job: Path, workspace: Path, threads: int) -> List[str]:
 
 def _finished_before_failing(log_path: Path, rounds_file: Path, rounds: int) -> bool:
     """Whether a failed simulator run had finished: all ``rounds`` in the round report, the global model
-    saved, and the only failure NVFlare's late-submit error after training had ended (see
-    LATE_SUBMIT_FAILURE). Only for jobs whose last workflow is the training (no cross-site evaluation)."""
+    saved, and NVFlare's late-submit error (LATE_SUBMIT_FAILURE) logged after training had ended. Only
+    for jobs whose last workflow is the training (no cross-site evaluation)."""
     text = log_path.read_text(errors="replace")
     finished = text.find(TRAINING_FINISHED)
     failure = text.find(LATE_SUBMIT_FAILURE, max(finished, 0))
