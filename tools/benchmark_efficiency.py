@@ -24,7 +24,7 @@ from typing import List, Tuple
 from tqdm import tqdm
 
 from fedfms.core.io import save_figure_atomic, write_json_atomic, write_text_atomic
-from fedfms.orchestration.transfer import transfer_markdown, transfer_table
+from fedfms.orchestration.transfer_table import transfer_markdown, transfer_table
 from fedfms.reporting.efficiency import CONFIGURATIONS, EfficiencyResult, markdown_table, measure, ratios
 
 #: ``--batch-size paper``: the reference code's batch sizes (FedSAM 6, FedMSA 4; prostate, fundus).

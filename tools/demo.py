@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=profile.learning_rate,
                         help="default %(default)s so a few rounds show learning (the paper and jobs/: 1e-4)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="simulator threads: clients run in parallel (default: %(default)s)")
+                        help="simulator threads: clients run in parallel (default: one per site, held-out included)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the synthetic data, the stand-in's pretraining and the random SAM weights (default: %(default)s)")
     add_compute_options(parser)

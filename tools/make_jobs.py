@@ -6,10 +6,12 @@
     python tools/make_jobs.py --check            # exit 1 if jobs/ differs from what the generator writes
     python tools/make_jobs.py --method fedmsa --dataset prostate --held-out UCL \\
         --model-type vit_l --rounds 100 --out my_jobs          # one customised job (my_jobs/fedmsa_prostate)
+    python tools/make_jobs.py --method fednnunet --dataset prostate --held-out UCL --profile demo \\
+        --rounds 1 --no-cross-site-eval --out small_jobs       # a CPU-sized job for the demo data
 
 Data paths, SAM checkpoints and devices are never written into a job: each site sets them in its
 workspace's local/fedfms_site.json or with FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT / FEDFMS_DEVICE.
-Defaults come from fedfms.registry (the paper profile) and JobSettings.
+Defaults come from fedfms.registry (a profile, the paper's unless --profile says otherwise) and JobSettings.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from tqdm import tqdm
 
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
 from fedfms.orchestration.transfer import add_transfer_arguments, transfer_settings
-from fedfms.registry import PAPER, add_compute_options, compute_overrides, dataset_names, method_names
+from fedfms.registry import (PAPER, add_compute_options, add_profile_option, compute_overrides, dataset_names,
+                             get_profile, method_names)
 from fedfms.runtime.aggregation import AGGREGATIONS, ROBUST_MEANS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,21 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", choices=method_names(federated=True), help="only this method (default: all)")
     parser.add_argument("--dataset", choices=dataset_names(), help="only this dataset (default: all)")
     parser.add_argument("--held-out", nargs="*", default=[], metavar="SITE", help="sites that only evaluate")
-    parser.add_argument("--rounds", type=int, default=PAPER.rounds, help="federated rounds (default: %(default)s, the paper's)")
-    parser.add_argument("--local-epochs", type=int, default=PAPER.local_epochs,
-                        help="local epochs per round (default: %(default)s, the paper's)")
-    parser.add_argument("--model-type", default=PAPER.model_type,
-                        help="SAM encoder: vit_b (default, the paper's), vit_l (FedMSA-L), vit_h, vit_tiny")
+    add_profile_option(parser)
+    parser.add_argument("--rounds", type=int, help=f"federated rounds (default: the profile's; paper: {PAPER.rounds})")
+    parser.add_argument("--local-epochs", type=int,
+                        help=f"local epochs per round (default: the profile's; paper: {PAPER.local_epochs})")
+    parser.add_argument("--model-type",
+                        help=f"SAM encoder: vit_b, vit_l (FedMSA-L), vit_h, vit_tiny (default: the profile's; paper: "
+                             f"{PAPER.model_type})")
     parser.add_argument("--image-size", type=int,
-                        help="input size, a multiple of 16 (default: 1024 for SAM as in the paper, the bundle's otherwise)")
-    parser.add_argument("--batch-size", type=int, help="default: the paper's for the method and dataset")
-    parser.add_argument("--learning-rate", type=float, help="default: the bundle's (the paper's Adam 1e-4); nnU-Net keeps its own SGD 1e-2")
+                        help="input size, a multiple of 16 (default: the profile's; paper: 1024 for SAM, the bundle's otherwise)")
+    parser.add_argument("--batch-size", type=int, help="default: the profile's (paper: the paper's for the method and dataset)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="default: the profile's (paper: the bundle's, Adam 1e-4); nnU-Net keeps its own SGD 1e-2")
     parser.add_argument("--min-clients", type=int, help="default: all training sites but one")
     parser.add_argument("--wait-time-after-min-received", type=int, default=_job_default("wait_time_after_min_received"),
                         help="seconds the server still waits for the last sites of a round (default: %(default)s)")
     parser.add_argument("--train-timeout", type=int, default=_job_default("train_timeout"),
                         help="seconds a round may take before the server aggregates what it has, 0 = no limit "
                              "(default: %(default)s)")
+    parser.add_argument("--no-cross-site-eval", dest="cross_site_eval", action="store_false",
+                        help="end the job after training (default: score the final and best global models on every "
+                             "site's test split)")
     parser.add_argument("--cross-site-eval-timeout", type=int, default=_job_default("cross_site_eval_timeout"),
                         help="seconds the server waits for each model's cross-site scores (default: %(default)s)")
     parser.add_argument("--name", help="job folder name (default METHOD_DATASET)")
@@ -135,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--held-out names sites of one dataset: give --dataset")
     if args.resume_from and len(datasets) * len(methods) > 1:
         parser.error("--resume-from continues one job: give --method and --dataset")
-    profile = PAPER.override(rounds=args.rounds, local_epochs=args.local_epochs, model_type=args.model_type,
+    profile = get_profile(args.profile).override(rounds=args.rounds, local_epochs=args.local_epochs, model_type=args.model_type,
                              image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              **compute_overrides(args))
     jobs = [JobSettings(method, dataset, profile, held_out=tuple(args.held_out), min_clients=args.min_clients,
                         wait_time_after_min_received=args.wait_time_after_min_received, train_timeout=args.train_timeout,
-                        cross_site_eval_timeout=args.cross_site_eval_timeout,
+                        cross_site_eval=args.cross_site_eval, cross_site_eval_timeout=args.cross_site_eval_timeout,
                         reject_bad_updates=args.reject_bad_updates, outlier_factor=args.outlier_factor,
                         aggregation=args.aggregation, fedsca_temperature=args.fedsca_temperature,
                         half_precision=args.half_precision, max_samples=args.max_samples, clip_factor=args.clip_factor,

@@ -27,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedfms.registry import PROFILES, add_compute_options, compute_overrides, dataset_names, get_profile, method_names
+from fedfms.registry import add_compute_options, add_profile_option, compute_overrides, dataset_names, get_profile, method_names
 from fedfms.study import StudyError, StudySettings, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pretraining", action="store_true",
                         help="also run the -PT ablation (SAM weights not from --sam-checkpoint)")
     parser.add_argument("--sam-checkpoint", type=Path, help="official SAM weights (default: none, random weights = -PT)")
-    parser.add_argument("--profile", default="paper", choices=list(PROFILES),
-                        help="; ".join(f"{k}: {p.description}" for k, p in PROFILES.items()))
+    add_profile_option(parser)
     parser.add_argument("--model-type", help="SAM encoder (vit_b, vit_l, vit_h, vit_tiny); default from the profile")
     parser.add_argument("--image-size", type=int, help="input size (multiple of 16); default from the profile")
     parser.add_argument("--rounds", type=int, help="federated rounds; default from the profile")

@@ -18,7 +18,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[venv.sh] installing fedfms and its pinned dependencies (a few minutes the first time)" >&2
     "$venv/bin/python" -m pip install --quiet --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --quiet -e ".[test]"
+    "$venv/bin/python" -m pip install --quiet --quiet --no-cache-dir -e ".[test]"
     echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

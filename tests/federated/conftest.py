@@ -28,6 +28,7 @@ from fedfms.networks import SAMSegmenter
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Training samples per small site: deliberately unequal, so FedAvg's weighting is visible.
 SMALL_SITES = {"HK": 6, "ISBI1.5": 3, "UCL": 4}
 #: A tiny training profile of a real job: vit_tiny, 64 px, 2 rounds, batch 2, no loader workers.
@@ -176,6 +177,18 @@ class PocKits:
                         os.kill(int(pid), signal.SIGTERM)
                 except (FileNotFoundError, ProcessLookupError):
                     pass
+
+    def run_job(self, job: Path, result_dir: Path) -> str:
+        """Start the POC, submit ``job``, wait for it, download its results to ``result_dir``, stop the
+        POC (also on failure); return the job id."""
+        try:
+            self.start()
+            job_id = JOB_ID.search(self.cli("job", "submit", "-j", str(job))[1]).group(0)
+            self.cli("job", "wait", job_id, "--timeout", "900", timeout=960)
+            self.cli("job", "download", job_id, "-o", str(result_dir), timeout=300)
+        finally:
+            self.stop()
+        return job_id
 
     def _wait_for_clients(self, clients: Sequence[str], deadline_s: float = 600) -> None:
         """Poll ``nvflare system status`` until ``clients`` are registered (none: until the server

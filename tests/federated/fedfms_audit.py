@@ -16,10 +16,15 @@ _lock = threading.Lock()
 _counts = {}
 
 
+def _arrays(dxo) -> bool:
+    """WEIGHTS, or a payload of arrays (the int8 codec's APP_DEFINED DXO): recorded as .npz."""
+    return dxo.data_kind == DataKind.WEIGHTS or (bool(dxo.data) and all(isinstance(v, np.ndarray) for v in dxo.data.values()))
+
+
 class AuditFilter(Filter):
     """Records SITE.DIRECTION.TASK.N.json: the DXO's kind and meta, the shareable's payload keys (all but
-    NVFlare's headers), the return code and fedfms' error header; for a DXO of WEIGHTS the tensors go to
-    .npz, for any other DXO (the planning step's fingerprint and plan) the data into the JSON as they are
+    NVFlare's headers), the return code and fedfms' error header; for a DXO of WEIGHTS or of arrays (the
+    int8 codec's payload) the tensors go to .npz, for any other DXO (the planning step's fingerprint and plan) the data into the JSON as they are
     (json.dump fails on anything that is not plain JSON: arrays or bytes would stop the run). A reply
     without a DXO (an error, or the plan task's bare acknowledgement) records no data."""
 
@@ -46,12 +51,12 @@ class AuditFilter(Filter):
         if dxo is not None:
             record["kind"] = dxo.data_kind
             record["meta"] = {k: v for k, v in dxo.meta.items() if isinstance(v, (int, float, str, dict, list))}
-            if dxo.data_kind == DataKind.WEIGHTS:
+            if _arrays(dxo):
                 np.savez(stem + ".npz", **{name: np.asarray(value) for name, value in dxo.data.items()})
             else:
                 record["data"] = dxo.data
         with open(stem + ".json", "w") as handle:
-            json.dump(record, handle, default=str if dxo is None or dxo.data_kind == DataKind.WEIGHTS else None)
+            json.dump(record, handle, default=str if dxo is None or _arrays(dxo) else None)
         return shareable
 
 

@@ -363,8 +363,8 @@ def test_job_configs_chain_the_filters_in_order_and_check_options():
     configs = job_configs(JobSettings("fedmsa", "prostate", TINY, compression="int8", half_precision=True,
                                       topk_fraction=0.2, partial_upload_blocks=1), REPO / "bundles")
 
-    def chain(side: str, key: str):
-        (only,) = configs[side][key]
+    def chain(side: str, key: str, of=None):
+        (only,) = (of or configs)[side][key]
         assert set(only["tasks"]) == {"train", "validate"}
         return [f["path"].rsplit(".", 1)[1] for f in only["filters"]], only["filters"]
 
@@ -376,6 +376,12 @@ def test_job_configs_chain_the_filters_in_order_and_check_options():
     assert chain("server", "task_result_filters")[0] == ["ReceiveUpdate", "ToFullPrecision"]
     aggregator = next(c for c in configs["server"]["components"] if c["id"] == "aggregator")
     assert aggregator["args"]["upload_blocks"] == 1
+    # differential privacy joins the site's chains on float32 models: the tap after decoding, the noise
+    # on the update before it is compressed and halved
+    with_dp = job_configs(JobSettings("fedmsa", "prostate", TINY, compression="int8", half_precision=True,
+                                      dp_clip_norm=0.05), REPO / "bundles")
+    assert chain("client", "task_data_filters", with_dp)[0] == ["ReceiveGlobalModel", "ToFullPrecision", "DPGlobalModelTap"]
+    assert chain("client", "task_result_filters", with_dp)[0] == ["GaussianUpdateDP", "SendUpdate", "ToHalfPrecision"]
     download_only = job_configs(JobSettings("fedmsa", "prostate", TINY, compression="int8", compress_download=False),
                                 REPO / "bundles")
     (server_data,) = download_only["server"]["task_data_filters"]
@@ -439,6 +445,7 @@ def _global(run) -> dict:
     return {k: v.numpy() for k, v in torch.load(run.server / "app_server" / "FL_global_model.pt", weights_only=True)["model"].items()}
 
 
+@pytest.mark.heavy  # 190 s on 2 cores: the fast suite keeps the filter chain tests above
 def test_simulator_int8_top_k_partial_upload_on_the_wire_and_fedavg_of_the_decoded_updates(run_simulator, small_settings, small_sites):
     from fedfms.networks import MSASegmenter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -46,6 +46,26 @@ def test_jobs_folder_is_in_sync_with_the_generator(tmp_path):
     assert make_jobs.differences(JOBS / "fedmsa_prostate", tmp_path / "fedmsa_prostate") == ["meta.json"]
 
 
+def test_make_jobs_demo_profile_without_cross_site_evaluation(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_jobs", REPO / "tools" / "make_jobs.py")
+    make_jobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_jobs)
+    assert make_jobs.main(["--out", str(tmp_path), "--method", "fednnunet", "--dataset", "prostate", "--held-out", "UCL",
+                           "--profile", "demo", "--rounds", "1", "--no-cross-site-eval"]) == 0
+    job = tmp_path / "fednnunet_prostate" / "app" / "config"
+    overrides = json.loads((job / "bundle" / "configs" / "job.json").read_text())
+    # the demo profile's batch 4, 64 px and loader workers 0; its nnU-Net overrides (no mirroring, 100-batch
+    # epochs); --rounds replaces the profile's 2 rounds in the poly schedule
+    assert overrides == {"num_classes": 1, "image_size": 64, "batch_size": 4, "num_workers": 0,
+                         "use_mirroring": False, "iterations_per_epoch": 100, "lr_schedule_epochs": 1}
+    server = json.loads((job / "config_fed_server.json").read_text())
+    assert [w["id"] for w in server["workflows"]] == ["nnunet_planning", "scatter_and_gather"]
+    assert _component(server, "scatter_and_gather")["args"]["num_rounds"] == 1
+    # without --profile the paper's settings stay (the committed suite), cross-site evaluation included
+    assert make_jobs.main(["--out", str(tmp_path / "paper"), "--method", "fedmsa", "--dataset", "prostate"]) == 0
+    assert make_jobs.differences(JOBS / "fedmsa_prostate", tmp_path / "paper" / "fedmsa_prostate") == []
+
+
 def test_every_method_and_dataset_has_a_job_with_the_paper_settings():
     expected_batch = {("fedsam", "nuclei"): 4, ("fedmsa", "brain"): 8}
     assert sorted(dataset_names()) == ["brain", "fundus", "nuclei", "prostate"]

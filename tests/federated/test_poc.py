@@ -4,7 +4,6 @@ submitted to, waited for, downloaded from and stopped with the nvflare CLI (HOME
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,12 @@ import torch
 from fedfms.orchestration.jobs import write_job
 
 REPO = Path(__file__).resolve().parents[2]
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.mark.heavy
 def test_fedmsa_job_in_poc_mode(tmp_path, poc_kits, small_settings):
-    cli = poc_kits.cli
     job = write_job(small_settings("fedmsa", held_out=("UCL",)), tmp_path / "jobs", REPO / "bundles")
-    try:
-        poc_kits.start()
-        job_id = UUID.search(cli("job", "submit", "-j", str(job))[1]).group(0)
-        cli("job", "wait", job_id, "--timeout", "900", timeout=960)
-        cli("job", "download", job_id, "-o", str(tmp_path / "result"), timeout=300)
-    finally:
-        poc_kits.stop()
+    poc_kits.run_job(job, tmp_path / "result")
 
     rounds_files = list((tmp_path / "result").rglob("fedfms_rounds.json"))
     assert len(rounds_files) == 1, sorted(str(p) for p in (tmp_path / "result").rglob("*"))[:50]

@@ -11,7 +11,6 @@ sees an encoder weight; the job finishes (UCL held out, evaluation only)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from fedfms.runtime.privacy import WITHHELD, write_site_privacy
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 LEAKED = "image_encoder.patch_embed.proj.weight"
 
 
@@ -48,7 +46,6 @@ def _leaky_job(job: Path, audit_file: Path) -> None:
 
 @pytest.mark.heavy
 def test_site_privacy_scope_stops_an_encoder_weight_in_poc_mode(tmp_path, poc_kits, small_settings):
-    cli = poc_kits.cli
     settings = small_settings("fedmsa", held_out=("UCL",), wait_time_after_min_received=30)
     job = write_job(settings, tmp_path / "jobs", REPO / "bundles")
     assert json.loads((job / "meta.json").read_text())["scope"] == "fedmsa"
@@ -57,13 +54,7 @@ def test_site_privacy_scope_stops_an_encoder_weight_in_poc_mode(tmp_path, poc_ki
     for name, local in poc_kits.kits.items():
         if name != "server":
             write_site_privacy(local)  # the hospital's own policy: the shipped scopes, mode drop
-    try:
-        poc_kits.start()
-        job_id = UUID.search(cli("job", "submit", "-j", str(job))[1]).group(0)
-        cli("job", "wait", job_id, "--timeout", "900", timeout=960)
-        cli("job", "download", job_id, "-o", str(tmp_path / "result"), timeout=300)
-    finally:
-        poc_kits.stop()
+    poc_kits.run_job(job, tmp_path / "result")
 
     # the server never saw the encoder weight; HK's results arrived without it, ISBI1_5's were withheld
     records = [json.loads(line) for line in audit_file.read_text().splitlines()]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fedfms.core.wire import FROZEN_SHA256
@@ -89,6 +90,7 @@ def test_fedmsa_simulator_sends_only_adapters_decoder_head_and_averages_by_sampl
     assert list((run.server / "tb_events").glob("*/events.out.tfevents.*"))
 
 
+@pytest.mark.heavy  # a third simulator run: the fast suite keeps the FedMSA wire audit and the int8 one
 def test_fedsam_simulator_tolerates_a_failing_site(run_simulator, small_settings, sam_checkpoint):
     # BIDMC has no data under the data root: its every round fails, the other two keep training.
     run = run_simulator(small_settings("fedsam", sites=("HK", "ISBI1.5", "BIDMC")))

@@ -80,11 +80,12 @@ def test_profiles_and_the_overrides_they_give():
         "num_classes": 2, "image_size": 64, "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0}
     # nnU-Net: its own SGD learning rate (the profile's is Adam's), its poly schedule over rounds x local
     # epochs, the plan's batch size unless the profile sets one; in the CPU demo no mirroring at test time
+    # and epochs of 100 batches
     assert bundle_overrides(get_method("fednnunet"), get_dataset("prostate"), PAPER) == {
         "num_classes": 1, "lr_schedule_epochs": 100}
     assert bundle_overrides(get_method("nnunet"), get_dataset("prostate"), demo.override(local_epochs=3)) == {
         "num_classes": 1, "image_size": 64, "batch_size": 4, "num_workers": 0, "lr_schedule_epochs": 6,
-        "use_mirroring": False}
+        "use_mirroring": False, "iterations_per_epoch": 100}
     # mixed precision goes to every bundle with the paper's recipe, activation checkpointing to SAM's only
     compute = PAPER.override(amp="false", amp_dtype="bfloat16", activation_checkpointing="true")
     assert (compute.amp, compute.activation_checkpointing) == (False, True)

@@ -141,6 +141,11 @@ def test_resume_reuses_only_finished_runs_with_the_same_settings(fake_root):
     assert is_reusable({"status": FINISHED, "settings": run.settings}, run)
     assert not is_reusable({"status": FAILED, "settings": run.settings}, run)
     assert not is_reusable({"status": FINISHED, "settings": {**run.settings, "rounds": 3}}, run)
+    # a bundle setting the profile passes on (here mixed precision) makes the run another one
+    study = settings(fake_root, methods=("unet",), held_out=("UCL",))
+    bf16 = replace(study, profile=study.profile.override(amp="true", amp_dtype="bfloat16"))
+    other = plan_study(bf16, discover_sites(fake_root, "prostate"))[0]
+    assert other.settings["bundle"]["amp"] is True and not is_reusable({"status": FINISHED, "settings": run.settings}, other)
     assert not is_reusable(None, run)
 
 

@@ -64,3 +64,48 @@ def test_a_failing_child_is_reported_with_its_log(tmp_path):
     with pytest.raises(StepError, match="timed out after 1 s"):
         run_logged([sys.executable, "-c", "import time; time.sleep(30)"], log, timeout=1)
     assert run_logged([sys.executable, "-c", "pass"], log) < 30
+
+
+
+FAKE_SIMULATOR = """
+import json, pathlib, sys
+workspace, rounds, saved, log = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+run = workspace / "server" / "simulate_job"
+(run / "app_server").mkdir(parents=True)
+(run / "fedfms_rounds.json").write_text(json.dumps([{"round": r} for r in range(rounds)]))
+if saved:
+    (run / "app_server" / "FL_global_model.pt").write_bytes(b"model")
+print(pathlib.Path(log).read_text())
+sys.exit(1)
+"""
+FINISHED = "- INFO - Finished ScatterAndGather Training."
+LATE_SUBMIT = "- CRITICAL - failed to decode streamed submit_update in server job cell server.simulate_job"
+
+
+@pytest.mark.parametrize("rounds_done, saved, lines, finished", [
+    (3, True, [FINISHED, LATE_SUBMIT], True),
+    (2, True, [FINISHED, LATE_SUBMIT], False),  # a round is missing
+    (3, False, [FINISHED, LATE_SUBMIT], False),  # no global model
+    (3, True, [FINISHED, "- ERROR - something else"], False),
+    (3, True, [LATE_SUBMIT, FINISHED], False),  # the failure came before training ended
+])
+def test_simulator_failing_after_the_last_round_counts_only_for_nvflares_late_submit_error(
+        tmp_path, monkeypatch, caplog, rounds_done, saved, lines, finished):
+    from fedfms.orchestration import simulator
+
+    fake_log = tmp_path / "nvflare_output.txt"
+    fake_log.write_text("\n".join(lines))
+    monkeypatch.setattr(simulator, "simulator_command", lambda job, workspace, threads: [
+        sys.executable, "-c", FAKE_SIMULATOR, str(workspace), str(rounds_done), str(int(saved)), str(fake_log)])
+
+    def run(rounds, workspace):
+        return simulator.run_simulator(tmp_path / "job", workspace, 1, tmp_path / "sim.log", rounds=rounds)
+
+    if finished:
+        assert run(3, tmp_path / "ws") > 0
+        assert "failed after training had finished (all 3 rounds reported" in caplog.text
+        with pytest.raises(StepError):  # without the round count (a job with cross-site evaluation) it fails
+            run(None, tmp_path / "ws2")
+    else:
+        with pytest.raises(StepError, match="exit code 1"):
+            run(3, tmp_path / "ws")

@@ -58,7 +58,7 @@ from fedfms.runtime.nnunet_planning import NnUNetPlanning, PlannedModelPersistor
 from fedfms.runtime.persistor import TransmittedModelPersistor
 from fedfms.runtime.report import JobReport
 
-from .transfer import check_transfer, transfer_filters
+from .transfer import TRANSFER_DEFAULTS, check_transfer, transfer_filters
 
 _CLIENT_NAME = re.compile(r"[^A-Za-z0-9_-]")
 TASKS = ["train", "validate"]
@@ -138,7 +138,7 @@ class JobSettings:
     outlier_factor: float = OUTLIER_FACTOR
     aggregation: str = AGGREGATIONS[0]
     fedsca_temperature: float = FEDSCA_TEMPERATURE
-    half_precision: bool = False
+    half_precision: bool = TRANSFER_DEFAULTS.half_precision
     max_samples: int = 0
     clip_factor: float = CLIP_FACTOR
     robust_mean: str = ROBUST_MEANS[0]
@@ -147,11 +147,11 @@ class JobSettings:
     dp_clip_norm: float = 0.0
     dp_noise_multiplier: float = 1.0
     dp_delta: float = 1e-5
-    compression: str = "none"
-    compression_scale: str = "channel"
-    topk_fraction: float = 0.0
-    compress_download: bool = True
-    partial_upload_blocks: Optional[int] = None
+    compression: str = TRANSFER_DEFAULTS.compression
+    compression_scale: str = TRANSFER_DEFAULTS.compression_scale
+    topk_fraction: float = TRANSFER_DEFAULTS.topk_fraction
+    compress_download: bool = TRANSFER_DEFAULTS.compress_download
+    partial_upload_blocks: Optional[int] = TRANSFER_DEFAULTS.partial_upload_blocks
 
     def __post_init__(self) -> None:
         """Check and convert every field; OptionError (a ValueError) naming a bad one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -18,6 +19,15 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from fedfms.core.wire import ROUNDS_FILE
+
+
+log = logging.getLogger(__name__)
+
+#: What NVFlare 2.9's simulator logs when it fails a finished job at shutdown: a site's late (re)submitted
+#: result is still being streamed when the server's download service has stopped (seen under CPU load,
+#: after the last round was aggregated and saved), and the server job process exits with an error.
+TRAINING_FINISHED = "Finished ScatterAndGather Training."
+LATE_SUBMIT_FAILURE = "failed to decode streamed submit_update"
 
 
 class StepError(RuntimeError):
@@ -72,12 +82,31 @@ def simulator_command(job: Path, workspace: Path, threads: int) -> List[str]:
     return [str(nvflare), "simulator", str(job), "-w", str(workspace), "-t", str(threads)]
 
 
+def _finished_before_failing(log_path: Path, rounds_file: Path, rounds: int) -> bool:
+    """Whether a failed simulator run had finished: all ``rounds`` in the round report, the global model
+    saved, and NVFlare's late-submit error (LATE_SUBMIT_FAILURE) logged after training had ended. Only
+    for jobs whose last workflow is the training (no cross-site evaluation)."""
+    text = log_path.read_text(errors="replace")
+    finished = text.find(TRAINING_FINISHED)
+    failure = text.find(LATE_SUBMIT_FAILURE, max(finished, 0))
+    try:
+        reported = len(json.loads(rounds_file.read_text()))
+    except (OSError, json.JSONDecodeError):
+        return False
+    saved = (rounds_file.parent / "app_server" / "FL_global_model.pt").is_file()
+    return finished >= 0 and failure > finished and reported == rounds and saved
+
+
 def run_simulator(job: Path, workspace: Path, threads: int, log_path: Path, cpu_threads: Optional[int] = None,
-                  on_round: Optional[Callable[[int], None]] = None) -> float:
+                  on_round: Optional[Callable[[int], None]] = None, rounds: Optional[int] = None) -> float:
     """Run the NVFlare simulator on ``job``; ``on_round(n)`` reports the number of finished rounds (read
     from the server's fedfms_rounds.json). Returns seconds taken; StepError if it fails or writes no
     round report. The simulator's run folder is ``workspace/server/simulate_job``. ``cpu_threads``: OpenMP
-    threads of the simulator process (default: cores / threads, so the simulated sites share the cores)."""
+    threads of the simulator process (default: cores / threads, so the simulated sites share the cores).
+
+    ``rounds``: the job's round count, for jobs without cross-site evaluation. Given, a run that NVFlare
+    failed at shutdown with its late-submit error (LATE_SUBMIT_FAILURE) after all rounds were reported and
+    the global model saved counts as finished, with a warning naming the log."""
     rounds_file = workspace / "server" / "simulate_job" / ROUNDS_FILE
 
     def poll() -> None:
@@ -88,7 +117,16 @@ def run_simulator(job: Path, workspace: Path, threads: int, log_path: Path, cpu_
     env = child_environment(cpu_threads or max(1, (os.cpu_count() or 1) // threads))
     # A FEDFMS_* variable of the study's shell must not override the workspace's site configuration.
     env = {k: v for k, v in env.items() if not k.startswith("FEDFMS_")}
-    seconds = run_logged(simulator_command(job, workspace, threads), log_path, env, poll)
+    start = time.perf_counter()
+    try:
+        seconds = run_logged(simulator_command(job, workspace, threads), log_path, env, poll)
+    except StepError:
+        if rounds is None or not _finished_before_failing(log_path, rounds_file, rounds):
+            raise
+        seconds = time.perf_counter() - start
+        log.warning("NVFlare's simulator failed after training had finished (all %d rounds reported, global model "
+                    "saved): %r at shutdown, a known NVFlare 2.9 race; the results are complete. Log: %s",
+                    rounds, LATE_SUBMIT_FAILURE, log_path)
     if not rounds_file.is_file():
         raise StepError(f"the simulator exited without a round report ({rounds_file}); see {log_path}")
     poll()

@@ -1,6 +1,7 @@
-"""How a job's models travel: the transfer options of ``JobSettings`` (half_precision, compression,
-compression_scale, topk_fraction, compress_download, partial_upload_blocks), their checks, the filter
-chains they give each side, and their command-line flags (``tools/make_jobs.py``, ``tools/demo.py``).
+"""How a job's models travel: the transfer options (``TransferOptions``: half_precision, compression,
+compression_scale, topk_fraction, compress_download, partial_upload_blocks; ``JobSettings`` takes its
+defaults from there), their checks, the filter chains they give each side, their command-line flags
+(``tools/make_jobs.py``, ``tools/demo.py``) and the bytes they put on the wire (``transfer_sizes``).
 
 NVFlare allows one filter chain per task on each side, so the float16 pair
 (``fedfms.runtime.precision``) and the compression filters (``fedfms.runtime.compression``) share one
@@ -21,7 +22,8 @@ models: the tap remembers the decoded global model, the noise goes on the update
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Dict, List, Mapping, Tuple
+from dataclasses import dataclass, fields
+from typing import Dict, List, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -33,19 +35,48 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.job_config.defs import FilterType
 
 from fedfms.networks import encoder_config
-from fedfms.registry import PAPER, get_method
+from fedfms.registry import Profile, get_method
 from fedfms.runtime.codec import SCALE_MODES
 from fedfms.runtime.dp import DPGlobalModelTap, GaussianUpdateDP
 from fedfms.runtime.compression import COMPRESSIONS, ReceiveGlobalModel, ReceiveUpdate, SendGlobalModel, SendUpdate
 from fedfms.runtime.precision import ToFullPrecision, ToHalfPrecision
-from fedfms.runtime.selection import select_outgoing, serialized_size, transmitted_names
+from fedfms.runtime.selection import serialized_size
 
-if TYPE_CHECKING:
-    from .jobs import JobSettings
 
-#: the JobSettings fields this module reads, in the order of their flags
-FIELDS = ("half_precision", "compression", "compression_scale", "topk_fraction", "compress_download",
-          "partial_upload_blocks")
+@dataclass(frozen=True)
+class TransferOptions:
+    """The transfer options and their defaults (the paper's: float32 both ways); see ``JobSettings``."""
+
+    half_precision: bool = False
+    compression: str = "none"
+    compression_scale: str = "channel"
+    topk_fraction: float = 0.0
+    compress_download: bool = True
+    partial_upload_blocks: Optional[int] = None
+
+
+#: the defaults ``JobSettings`` and the flags take
+TRANSFER_DEFAULTS = TransferOptions()
+#: the transfer option names, in the order of their flags
+FIELDS = tuple(f.name for f in fields(TransferOptions))
+
+
+class TransferSettings(Protocol):
+    """What the checks and filter chains read of a job's settings (``JobSettings`` has all of it)."""
+
+    method: str
+    profile: Profile
+    half_precision: bool
+    compression: str
+    compression_scale: str
+    topk_fraction: float
+    compress_download: bool
+    partial_upload_blocks: Optional[int]
+    dp_clip_norm: float
+    dp_noise_multiplier: float
+    dp_delta: float
+
+
 #: the transfer options the efficiency benchmark and README compare (JobSettings keyword arguments)
 EXAMPLES: Dict[str, Dict[str, object]] = {
     "float32 (paper)": {},
@@ -57,7 +88,7 @@ EXAMPLES: Dict[str, Dict[str, object]] = {
 }
 
 
-def check_transfer(s: "JobSettings") -> None:
+def check_transfer(s: TransferSettings) -> None:
     """Raise ValueError naming the option when the transfer options of ``s`` do not fit together."""
     if s.compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {s.compression!r}; expected one of {COMPRESSIONS}")
@@ -76,7 +107,7 @@ def check_transfer(s: "JobSettings") -> None:
                              f"({depth} blocks; {depth} would send everything), got {s.partial_upload_blocks}")
 
 
-def transfer_filters(s: "JobSettings") -> List[Tuple[str, str, List[Filter]]]:
+def transfer_filters(s: TransferSettings) -> List[Tuple[str, str, List[Filter]]]:
     """(side "server" | "clients", FilterType, filters in order) of every filter chain ``s`` needs."""
     int8 = s.compression == "int8"
     codec = dict(compression=s.compression, scale=s.compression_scale, fraction=s.topk_fraction)
@@ -107,22 +138,19 @@ def transfer_filters(s: "JobSettings") -> List[Tuple[str, str, List[Filter]]]:
 
 
 def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
-    """The transfer options as flags; defaults read from JobSettings."""
-    from .jobs import JobSettings  # jobs imports this module
-
-    default = JobSettings.__dataclass_fields__
+    """The transfer options as flags; defaults from ``TRANSFER_DEFAULTS``."""
     group = parser.add_argument_group("transfer (what travels on the wire; README 'Efficiency')")
     group.add_argument("--half-precision", action="store_true", help="send models as float16 both ways (half the bytes)")
-    group.add_argument("--compression", choices=COMPRESSIONS, default=default["compression"].default,
+    group.add_argument("--compression", choices=COMPRESSIONS, default=TRANSFER_DEFAULTS.compression,
                        help="int8: send model deltas as int8 with error feedback, both ways (default: %(default)s)")
-    group.add_argument("--compression-scale", choices=SCALE_MODES, default=default["compression_scale"].default,
+    group.add_argument("--compression-scale", choices=SCALE_MODES, default=TRANSFER_DEFAULTS.compression_scale,
                        help="int8 scale per output channel or per tensor (default: %(default)s)")
-    group.add_argument("--topk-fraction", type=float, default=default["topk_fraction"].default,
+    group.add_argument("--topk-fraction", type=float, default=TRANSFER_DEFAULTS.topk_fraction,
                        help="with int8: send only this fraction of each tensor's entries, largest first, the "
                             "rest carried by error feedback (0 = all; default: %(default)s)")
     group.add_argument("--no-compress-download", dest="compress_download", action="store_false",
                        help="with int8: compress the sites' updates only; the global model travels whole")
-    group.add_argument("--partial-upload-blocks", type=int, default=default["partial_upload_blocks"].default,
+    group.add_argument("--partial-upload-blocks", type=int, default=TRANSFER_DEFAULTS.partial_upload_blocks,
                        metavar="K", help="FedSCA-style partial upload (our interpretation): sites send only the "
                                          "first K encoder blocks' tensors plus decoder and head (default: all)")
 
@@ -130,10 +158,7 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
 def transfer_settings(args: argparse.Namespace) -> Dict[str, object]:
     """JobSettings keyword arguments of the flags ``add_transfer_arguments`` added, those that differ from
     the defaults (so a summary names only what was chosen)."""
-    from .jobs import JobSettings  # jobs imports this module
-
-    default = JobSettings.__dataclass_fields__
-    return {name: getattr(args, name) for name in FIELDS if getattr(args, name) != default[name].default}
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name) != getattr(TRANSFER_DEFAULTS, name)}
 
 
 def _context(identity: str, peer: str = "") -> FLContext:
@@ -145,7 +170,7 @@ def _context(identity: str, peer: str = "") -> FLContext:
     return fl_ctx
 
 
-def transfer_sizes(s: "JobSettings", weights: Mapping[str, np.ndarray], update_std: float = 1e-3,
+def transfer_sizes(s: TransferSettings, weights: Mapping[str, np.ndarray], update_std: float = 1e-3,
                    seed: int = 0) -> Dict[str, int]:
     """Serialized bytes one site sends and receives per round under the transfer options of ``s``, for a
     model whose transmitted tensors are ``weights`` (numpy, as the server sends them).
@@ -183,31 +208,3 @@ def transfer_sizes(s: "JobSettings", weights: Mapping[str, np.ndarray], update_s
         aggregated = run("server", FilterType.TASK_RESULT, on_wire, server, round_).data
         glob = {**glob, **{n: np.asarray(v, glob[n].dtype) for n, v in aggregated.items()}}  # one site: its model
     return sizes
-
-
-def transfer_table(methods=("fedsam", "fedmsa"), model_type: str = PAPER.model_type) -> List[Dict[str, object]]:
-    """One row per federated SAM method and transfer option of ``EXAMPLES``: {"method", "transfer",
-    "down_first", "up", "down"} in bytes per site and round (``transfer_sizes`` on the method's
-    network, random init: the tensor sizes of an official checkpoint)."""
-    from .jobs import JobSettings  # jobs imports this module
-
-    rows = []
-    for method in methods:
-        network = get_method(method).network(model_type=model_type)
-        weights = select_outgoing(network.state_dict(), transmitted_names(network), f"{method} {model_type}")
-        del network
-        for label, options in EXAMPLES.items():
-            if options.get("partial_upload_blocks", 0) >= encoder_config(model_type).depth:
-                continue
-            settings = JobSettings(method, "prostate", PAPER.override(model_type=model_type), **options)
-            rows.append({"method": method, "transfer": label, **transfer_sizes(settings, weights)})
-    return rows
-
-
-def transfer_markdown(rows: List[Dict[str, object]]) -> str:
-    """The rows of ``transfer_table`` as a markdown table (MB = 10**6 bytes; x = float32 / option, up)."""
-    full = {r["method"]: r["up"] for r in rows if r["transfer"] == next(iter(EXAMPLES))}
-    lines = ["| method | transfer | up per round | down per round | down, round 0 | up: x smaller |", "|---|---|---|---|---|---|"]
-    lines += [f"| {get_method(r['method']).label} | {r['transfer']} | {r['up'] / 1e6:.2f} MB | {r['down'] / 1e6:.2f} MB "
-              f"| {r['down_first'] / 1e6:.2f} MB | {full[r['method']] / r['up']:.1f} |" for r in rows]
-    return "\n".join(lines)

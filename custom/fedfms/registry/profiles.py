@@ -100,6 +100,12 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    """The --profile option (default "paper"), the same in every tool that trains."""
+    parser.add_argument("--profile", default=PAPER.name, choices=list(PROFILES),
+                        help="; ".join(f"{k}: {p.description}" for k, p in PROFILES.items()))
+
+
 def add_compute_options(parser: argparse.ArgumentParser) -> None:
     """The command-line options of the compute fields (amp, amp_dtype, activation_checkpointing), the
     same in every tool that trains; absent = the profile's value."""

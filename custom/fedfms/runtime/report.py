@@ -59,7 +59,9 @@ def results_markdown(results: Dict[str, Dict[str, float]], sites: Sequence[str],
 
 
 def _mb(size: Optional[int]) -> str:
-    return "-" if size is None else f"{size / 1e6:.2f} MB"
+    """``size`` bytes in MB, or "-" when it is missing."""
+    value = _number(size, ".2f", 1e6)
+    return value if value == "-" else f"{value} MB"
 
 
 class JobReport(Widget):

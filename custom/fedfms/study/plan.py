@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fedfms.registry import PAPER, Method, Profile, column_label, get_dataset, get_method, paper_row
+from fedfms.registry import PAPER, Method, Profile, bundle_overrides, column_label, get_dataset, get_method, paper_row
 
 
 class StudyError(ValueError):
@@ -139,6 +139,9 @@ def _run_settings(settings: StudySettings, method: Method, pretrained: Optional[
         "image_size": profile.image_size, "rounds": profile.rounds, "local_epochs": profile.local_epochs,
         "batch_size": profile.batch_size, "learning_rate": profile.learning_rate, "checkpoint": profile.checkpoint,
         "seed": settings.seed,
+        # everything else the bundle trains with (mixed precision, a method's own settings under the
+        # profile, e.g. nnU-Net's epoch length in the demo), so changing any of it reruns the run
+        "bundle": bundle_overrides(method, get_dataset(settings.dataset), profile),
     }
     if method.uses_sam:
         values.update(model_type=profile.model_type, pretrained=pretrained,

@@ -120,7 +120,7 @@ def _train_federated(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Op
     rounds = settings.profile.rounds
     ctx.progress(f"simulator 0/{rounds} rounds")
     seconds = run_simulator(job, workspace, threads, stage / "simulator.log", settings.profile.cpu_threads,
-                            on_round=lambda n: ctx.progress(f"simulator {n}/{rounds} rounds"))
+                            on_round=lambda n: ctx.progress(f"simulator {n}/{rounds} rounds"), rounds=rounds)
     record["seconds"]["train"] = round(seconds, 1)
     server = workspace / "server" / "simulate_job"
     history = json.loads((server / ROUNDS_FILE).read_text())
