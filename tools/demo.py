@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""The fedfms demo: a real NVFlare federated FedMSA job on synthetic multi-site prostate MRI.
+"""The fedfms demo: real NVFlare federated FedMSA jobs on synthetic multi-site prostate MRI, from
+pretrained and from random SAM weights (the paper's -PT ablation), side by side.
 
     python tools/demo.py --out OUT [--sam-checkpoint sam_vit_b_01ec64.pth --model-type vit_b]
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
-2. writes the FedMSA prostate job with the demo profile (tiny encoder, 64 px, a few rounds; five sites
+2. SAM weights in OUT/weights: without --sam-checkpoint, a STAND-IN for SAM's SA-1B weights, the tiny
+   SAM pretrained by fedfms on synthetic shapes (not on medical images; a few minutes of CPU the first time,
+   then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
+3. writes the FedMSA prostate job with the demo profile (tiny encoder, 64 px, a few rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and
    code as jobs/fedmsa_prostate;
-3. runs it in the NVFlare simulator (workspace OUT/workspace, log OUT/simulator.log), every site
-   reading its data and SAM weights from the workspace's local/fedfms_site.json;
-4. evaluates the initial and the final global model on every site's test split, the held-out site
-   included, with the MSA bundle's evaluate workflow, and writes OUT/summary.json, OUT/summary.md and
-   OUT/learning_curve.png (the best global model by weighted validation Dice is saved in OUT/models).
-The data are synthetic. Without --sam-checkpoint the SAM weights are random (a seeded random-init
-checkpoint written to OUT and shared by the server and every site), so the Dice values show the
-pipeline working, not SAM's quality.
+4. runs it twice in the NVFlare simulator, from the pretrained and from the random weights
+   (OUT/pretrained/, OUT/random/: workspace, simulator.log, models), every site reading its data and
+   SAM weights from the workspace's local/fedfms_site.json;
+5. evaluates the initial and the final global model of both runs on every site's test split, the
+   held-out site included, with the MSA bundle's evaluate workflow;
+6. writes OUT/summary.md, OUT/summary.json, OUT/learning_curve.png (both runs) and OUT/overlays.png
+   (held-out slices: image, ground truth, predictions before and after federation of both runs).
+The data are synthetic, and so is the stand-in's pretraining: the numbers show FedMSA needing a
+pretrained encoder, in miniature, not SAM's quality on real data.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = defaults.profile
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (data, job, workspace, summary)")
-    parser.add_argument("--sam-checkpoint", type=Path, help="an official SAM checkpoint (default: random SAM weights)")
+    parser.add_argument("--sam-checkpoint", type=Path, help="an official SAM checkpoint for the pretrained run (default: the stand-in pretrained on synthetic shapes)")
     parser.add_argument("--model-type", default=profile.model_type,
                         help="SAM encoder (default: %(default)s); vit_b with sam_vit_b_01ec64.pth")
     parser.add_argument("--image-size", type=int, default=profile.image_size, help="input size, a multiple of 16 (default: %(default)s)")
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="simulator threads: clients run in parallel (default: one per site, held-out included)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of the synthetic data and random SAM weights (default: %(default)s)")
+                        help="seed of the synthetic data, the stand-in's pretraining and the random SAM weights (default: %(default)s)")
     add_compute_options(parser)
     add_transfer_arguments(parser)  # --compression int8 --topk-fraction 0.2 ...: how the models travel
     args = parser.parse_args(argv)

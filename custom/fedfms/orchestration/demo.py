@@ -1,55 +1,70 @@
-"""The fedfms demo: a real NVFlare federated FedMSA job on synthetic multi-site prostate MRI.
+"""The fedfms demo: real NVFlare federated FedMSA jobs on synthetic multi-site prostate MRI, started from
+pretrained SAM weights and from random ones (the paper's -PT ablation), side by side.
 
-:func:`run_demo` (``tools/demo.py``) writes the synthetic six-site data, writes the FedMSA prostate job
-with a small profile (same generator and code as ``jobs/fedmsa_prostate``), runs it in the NVFlare
-simulator with every participant configured through ``local/fedfms_site.json``, then evaluates the
-initial and the final global model on every site's test split (the held-out site included) with the
-MSA bundle's evaluate workflow, and writes OUT/summary.{md,json} and OUT/learning_curve.png.
+:func:`run_demo` (``tools/demo.py``) writes the synthetic six-site data, gets the pretrained SAM weights
+(an official checkpoint, or by default the stand-in of :mod:`fedfms.orchestration.standin`, pretrained
+by fedfms on synthetic shapes and cached) and seeded random ones, writes the FedMSA prostate job with a
+small profile (same generator and code as ``jobs/fedmsa_prostate``), runs it in the NVFlare simulator
+once per set of weights with every participant configured through ``local/fedfms_site.json``, then
+evaluates the initial and the final global model of both runs on every site's test split (the
+held-out site included) with the MSA bundle's evaluate workflow, and writes OUT/summary.{md,json},
+OUT/learning_curve.png and OUT/overlays.png.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
+import resource
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from fedfms.bundle.checkpoint import load_trained_weights
+from fedfms.bundle.datalist import load_datalist
 from fedfms.core.io import copy_file_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
 from fedfms.core.wire import BUNDLE_IN_APP, BYTES_DOWN, BYTES_UP, EVALUATE_CONFIG, ROUNDS_FILE, TRAIN_CONFIG
 from fedfms.data.demo import make_demo_data
 from fedfms.networks import write_random_sam_checkpoint
 from fedfms.registry import Profile, get_profile
-from fedfms.reporting.federation import dice_table, plot_learning_curve
-from fedfms.runtime.bundle_network import build_bundle_network
+from fedfms.reporting.federation import dice_table, plot_learning_curves
+from fedfms.reporting.overlays import overlay_grid
+from fedfms.runtime.bundle_network import build_bundle_network, read_train_config
 from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 from .jobs import JobSettings, write_job
 from .simulator import run_simulator, simulator_command
+from .standin import STANDIN_LABEL, StandInRecipe, standin_checkpoint
 
 log = logging.getLogger(__name__)
 MODELS = {"before": "initial global model", "after": "final global model"}
+#: The two runs: the same job from pretrained SAM weights, then from random ones (-PT).
+RUNS = ("pretrained", "random")
+OVERLAY_ROWS = 4
 
 
-#: The study's CPU profile, with one round more so the learning curve shows a trend.
+#: The study's CPU profile, with more rounds so the learning curve shows a trend. Both runs use it.
 DEMO_PROFILE = get_profile("demo").override(rounds=3)
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """The demo's settings: the training ``profile`` (default DEMO_PROFILE: vit_tiny, 64 px, 3 rounds x 1
-    local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need more), the
-    held-out site, simulator threads (None: one per site, held-out included, so no site's process is
-    restarted between tasks; fewer threads than sites make NVFlare start a new client process per task:
-    281-337 s instead of 181 s for the whole demo on 2 cores), the seed of the data and random SAM weights, an official SAM
-    checkpoint (None: random SAM weights), and the job's transfer options (JobSettings fields of
-    ``fedfms.orchestration.transfer``, e.g. {"compression": "int8", "topk_fraction": 0.2})."""
+    """The demo's settings: the training ``profile`` of both runs (default DEMO_PROFILE: vit_tiny, 64 px,
+    3 rounds x 1 local epoch, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need
+    more), the held-out site, simulator threads (None: one per site, held-out included, so no site's
+    process is restarted between tasks; fewer threads than sites make NVFlare start a new client process
+    per task: 281-337 s instead of 181 s for one run on 2 cores), the seed of the data, the stand-in and
+    the random SAM weights, an official SAM checkpoint to start the pretrained run from (None: the
+    stand-in), and the job's transfer options (JobSettings fields of ``fedfms.orchestration.transfer``,
+    e.g. {"compression": "int8", "topk_fraction": 0.2}), the same for both runs."""
 
     sam_checkpoint: Optional[Path] = None
     profile: Profile = DEMO_PROFILE
@@ -57,6 +72,17 @@ class DemoOptions:
     threads: Optional[int] = None
     seed: int = 1337
     transfer: Mapping[str, object] = field(default_factory=dict)
+
+
+def run_names(options: DemoOptions) -> Dict[str, str]:
+    """Short name of each run (tables, overlay columns, curves): the stand-in or SAM, and random (-PT)."""
+    return {"pretrained": "SAM" if options.sam_checkpoint else "stand-in", "random": "random (-PT)"}
+
+
+def weights_labels(options: DemoOptions) -> Dict[str, str]:
+    """What each run starts from, as every table, plot and summary names it."""
+    pretrained = f"SAM checkpoint {Path(options.sam_checkpoint).name}" if options.sam_checkpoint else STANDIN_LABEL
+    return {"pretrained": pretrained, "random": f"RANDOM SAM weights, seed {options.seed} (the paper's -PT ablation)"}
 
 
 def save_initial_model(bundle: Path, checkpoint: Path, path: Path) -> Path:
@@ -84,103 +110,231 @@ def evaluate(bundle: Path, datalist: Path, ckpt: Path, output_dir: Path, overrid
     return {"dice": float(summary["dice"]), "dice_3d": float(summary["dice_3d"])}
 
 
+def overlay_samples(datalist: Path, count: int = OVERLAY_ROWS) -> List[dict]:
+    """``count`` test samples of a site that show prostate, evenly spread over its slices with prostate
+    in datalist order (volume, then slice), so the rows come from different volumes and depths."""
+    shown = [s for s in load_datalist(datalist, "test") if np.load(s["label"]).any()]
+    if not shown:
+        raise ValueError(f"{datalist}: no test slice with a non-empty label to show")
+    picks = sorted({int((2 * k + 1) * len(shown) / (2 * count)) for k in range(count)})
+    return [shown[i] for i in picks]
+
+
+def predict_masks(bundle: Path, overrides: Mapping[str, object], ckpt: Path, samples: Sequence[dict]) -> List[np.ndarray]:
+    """Binary masks (L, H, W) at each sample's source size: the bundle's preprocessing and network with
+    ``ckpt`` loaded as the evaluate workflow loads it, sigmoid > 0.5, resized back with nearest-exact as
+    the inference workflow's writer does."""
+    parser = read_train_config(bundle)
+    parser.update({"bundle_root": str(bundle), **overrides})
+    preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
+    network = build_bundle_network(bundle, overrides).eval()
+    load_trained_weights(network, ckpt)
+    masks = []
+    with torch.no_grad():
+        for sample in samples:
+            logits = network(torch.as_tensor(preprocessing(dict(sample))["image"])[None].float())
+            size = np.load(sample["label"]).shape[-2:]
+            prob = torch.nn.functional.interpolate(torch.sigmoid(logits), size=size, mode="nearest-exact")[0]
+            masks.append((prob > 0.5).numpy().astype(np.uint8))
+    return masks
+
+
+def slice_dice(evaluation_dir: Path, samples: Sequence[dict]) -> List[float]:
+    """Each sample's Dice as the evaluate workflow scored it (its per-sample CSV, matched by image path)."""
+    with open(evaluation_dir / "evaluation_per_sample.csv", newline="") as handle:
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    scores = []
+    for sample in samples:
+        row = rows[sample["image"]]
+        values = [float(v) for k, v in row.items() if k.startswith("dice_")]
+        scores.append(sum(values) / len(values))
+    return scores
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the simulators)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     """Run the whole demo into ``out``; return {"table": markdown, "notes": [...], "files": [...]}.
     ``bundles_dir`` is the repository's bundles/ folder (the job carries a copy of bundles/msa/configs)."""
     start = time.perf_counter()
+    timings: Dict[str, float] = {}
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-
-    log.info("1/4 synthetic data -> %s", out / "data")
-    make_demo_data(out / "data", seed=options.seed)
     profile = options.profile
+
+    log.info("1/6 synthetic data -> %s", out / "data")
+    make_demo_data(out / "data", seed=options.seed)
+    timings["data"] = time.perf_counter() - start
+
+    log.info("2/6 SAM weights -> %s", out / "weights")
+    step = time.perf_counter()
+    weights_dir = out / "weights"
+    weights_dir.mkdir(exist_ok=True)
+    standin: Optional[dict] = None
+    labels, short = weights_labels(options), run_names(options)
+    if options.sam_checkpoint:
+        pretrained = Path(options.sam_checkpoint).resolve()
+    else:
+        recipe = StandInRecipe(model_type=profile.model_type, image_size=profile.image_size, seed=options.seed)
+        cached = standin_checkpoint(recipe)
+        pretrained = copy_file_atomic(cached, weights_dir)
+        standin = {"label": STANDIN_LABEL, "recipe": asdict(recipe), "cache_file": str(cached), "file": str(pretrained)}
+    random_weights = write_random_sam_checkpoint(weights_dir / f"sam_{profile.model_type}_random_seed{options.seed}.pth",
+                                                 profile.model_type, options.seed)
+    checkpoints = {"pretrained": pretrained, "random": random_weights}
+    timings["weights"] = time.perf_counter() - step
+
     settings = JobSettings(
         "fedmsa", "prostate", profile, held_out=(options.held_out,), name="fedmsa_prostate_demo",
-        cross_site_eval=False,  # step 4 evaluates every site with the bundle's evaluate workflow instead
+        cross_site_eval=False,  # step 5 evaluates every site with the bundle's evaluate workflow instead
         **options.transfer,
     )
     settings = replace(settings, min_clients=len(settings.train_sites))  # wait for every training site each round
-
-    if options.sam_checkpoint:
-        checkpoint, weights = Path(options.sam_checkpoint).resolve(), f"SAM checkpoint {options.sam_checkpoint}"
-    else:
-        checkpoint = write_random_sam_checkpoint(out / f"sam_{profile.model_type}_random_seed{options.seed}.pth",
-                                                 profile.model_type, options.seed)
-        weights = f"RANDOM SAM weights ({checkpoint.name}, no pretrained checkpoint given)"
-
-    log.info("2/4 job -> %s", out / "jobs" / settings.job_name)
+    log.info("3/6 job -> %s", out / "jobs" / settings.job_name)
     job = write_job(settings, out / "jobs", bundles_dir)
-    workspace = out / "workspace"
-    shutil.rmtree(workspace, ignore_errors=True)
-    allow_fedfms_components(workspace / "local")
-    write_json_atomic(workspace / "local" / SITE_CONFIG_FILE,
-                      {"data_root": str(out / "data"), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-
-    log.info("3/4 NVFlare simulator: %d rounds, training sites %s, held out %s",
-             profile.rounds, ", ".join(settings.train_sites), options.held_out)
-    threads = options.threads or len(settings.all_sites)
-    log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, threads)), out / "simulator.log")
-    with tqdm(total=profile.rounds, desc="federated rounds", unit="round") as bar:
-        sim_seconds = run_simulator(job, workspace, threads, out / "simulator.log",
-                                    on_round=lambda done: bar.update(done - bar.n), rounds=profile.rounds)
-    server = workspace / "server" / "simulate_job"
-    history = json.loads((server / ROUNDS_FILE).read_text())
-
-    log.info("4/4 evaluating the global models on every site's test split -> %s", out / "evaluation")
     bundle = job / "app" / BUNDLE_IN_APP
-    models_dir = out / "models"
-    models_dir.mkdir(exist_ok=True)
-    checkpoints = {
-        "before": save_initial_model(bundle, checkpoint, models_dir / "initial_global_model.pt"),
-        "after": copy_file_atomic(server / "app_server" / "FL_global_model.pt", models_dir),
-    }
-    copy_file_atomic(server / "app_server" / "best_FL_global_model.pt", models_dir)  # by weighted validation Dice
-    overrides = {**settings.bundle_overrides(), "sam_checkpoint": str(checkpoint), "device": "cpu"}
-    overrides.pop("batch_size")
+
+    runs: Dict[str, dict] = {}
+    for index, name in enumerate(RUNS):
+        log.info("4/6 NVFlare simulator, run %d/%d (%s): %d rounds, training sites %s, held out %s",
+                 index + 1, len(RUNS), labels[name], profile.rounds, ", ".join(settings.train_sites), options.held_out)
+        runs[name] = federate(job, out / name, checkpoints[name], options.threads or len(settings.all_sites), profile.rounds)
+        timings[f"simulator {name}"] = runs[name]["simulator_s"]
+
+    log.info("5/6 evaluating the global models on every site's test split -> %s", out / "*/evaluation")
+    step = time.perf_counter()
+    base_overrides = {**settings.bundle_overrides(), "device": "cpu"}
+    base_overrides.pop("batch_size")
     # The tiny model runs many small ops: one thread avoids OpenMP spin-waits on a shared machine.
     torch.set_num_threads(1)
-    rows = []
-    with open(out / "evaluation.log", "w") as eval_log, tqdm(total=len(checkpoints) * len(settings.all_sites), desc="evaluations") as bar:
-        for site in settings.all_sites:
-            datalist = out / "data" / "prostate" / site / "datalist.json"
-            row = {"site": site, "role": "held out" if site in settings.held_out else "train",
-                   "test slices": len(json.loads(datalist.read_text())["test"])}
-            for key, ckpt in checkpoints.items():
-                scores = evaluate(bundle, datalist, ckpt, out / "evaluation" / key / site, overrides, eval_log)
-                row.update({f"{metric} {key}": value for metric, value in (("Dice", scores["dice"]), ("3D Dice", scores["dice_3d"]))})
-                bar.update()
-            rows.append(row)
+    with tqdm(total=len(RUNS) * len(MODELS) * len(settings.all_sites), desc="evaluations") as bar:
+        for name, run in runs.items():
+            overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
+            run["sites"] = []
+            with open(out / name / "evaluation.log", "w") as eval_log:
+                for site in settings.all_sites:
+                    datalist = out / "data" / "prostate" / site / "datalist.json"
+                    row = {"site": site, "role": "held out" if site in settings.held_out else "train",
+                           "test slices": len(json.loads(datalist.read_text())["test"])}
+                    for key, ckpt in run["models"].items():
+                        scores = evaluate(bundle, datalist, ckpt, out / name / "evaluation" / key / site, overrides, eval_log)
+                        row.update({f"Dice {key}": scores["dice"], f"3D Dice {key}": scores["dice_3d"]})
+                        bar.update()
+                    run["sites"].append(row)
+    timings["evaluation"] = time.perf_counter() - step
 
-    table = dice_table(rows, [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS])
+    log.info("6/6 pictures -> %s, %s", out / "overlays.png", out / "learning_curve.png")
+    step = time.perf_counter()
+    held_datalist = out / "data" / "prostate" / options.held_out / "datalist.json"
+    samples = overlay_samples(held_datalist)
+    predictions: Dict[str, List[np.ndarray]] = {}
+    cell_titles: Dict[str, List[str]] = {}
+    for name, run in runs.items():
+        overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
+        for key, ckpt in run["models"].items():
+            column = f"{short[name]}, {key}"
+            predictions[column] = predict_masks(bundle, overrides, ckpt, samples)
+            dice = slice_dice(out / name / "evaluation" / key / options.held_out, samples)
+            cell_titles[column] = [f"Dice {d:.2f}" for d in dice]
+    overlays = overlay_grid(
+        [np.load(s["image"]) for s in samples], [np.load(s["label"]) for s in samples], predictions, out / "overlays.png",
+        row_titles=[f"{s['site']} {s['volume']} slice {s['slice']}" for s in samples], cell_titles=cell_titles,
+        title=f"FedMSA demo, held-out site {options.held_out} (SYNTHETIC data): prediction filled, ground truth "
+              f"outlined; before = initial, after = final global model.\nstand-in = {STANDIN_LABEL}"
+              if not options.sam_checkpoint else f"FedMSA demo, held-out site {options.held_out} (SYNTHETIC data), "
+              f"{labels['pretrained']} vs random (-PT)")
+    curve = plot_learning_curves(
+        {f"{short[name]}: {labels[name]}": run["history"] for name, run in runs.items()}, out / "learning_curve.png",
+        title=f"FedMSA demo ({profile.model_type}, SYNTHETIC data, {options.held_out} held out)")
+    timings["pictures"] = time.perf_counter() - step
+
+    held = {name: next(r for r in run["sites"] if r["role"] == "held out") for name, run in runs.items()}
+    headline = held_out_table(options.held_out, {f"{short[name]}: {labels[name]}": held[name] for name in RUNS})
+    site_tables = {name: dice_table(run["sites"], [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS])
+                   for name, run in runs.items()}
     wall = time.perf_counter() - start
-    traffic = [t for entry in history for t in entry["traffic"].values()]  # per site and round
+    cpu = cpu_seconds()
+    traffic = [t for run in runs.values() for entry in run["history"] for t in entry["traffic"].values()]  # per run, site and round
     mean = {d: sum(t.get(d, 0) for t in traffic) / max(1, sum(d in t for t in traffic)) for d in (BYTES_UP, BYTES_DOWN)}
     notes = [
-        "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release.",
+        "Data: SYNTHETIC six-site prostate MRI (fedfms.data.demo), not the real release; sites differ in size "
+        "and appearance (non-IID).",
+        f"Pretrained weights: {labels['pretrained']}." + ("" if options.sam_checkpoint else
+            " Its pretraining task (fedfms.data.shapes: random textured objects, union mask) is not the demo's task; "
+            "it plays the role of SA-1B, which cannot be used here. With --sam-checkpoint the real weights are used."),
+        f"Random weights: {labels['random']}: the same federation with a random frozen encoder.",
         f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {profile.rounds} rounds).",
-        f"Weights: {weights}." + ("" if options.sam_checkpoint else " With random SAM weights and a few rounds "
-                                  "the model mostly learns where the gland lies: a pipeline check, not SAM's quality."),
-        f"Profile: FedMSA, {profile.model_type}, {profile.image_size} px, {profile.rounds} rounds x {profile.local_epochs} local epoch(s), lr "
-        f"{profile.learning_rate}; {len(settings.train_sites)} sites train, {options.held_out} is held out. "
-        "Dice: test split, per 2D slice (sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on "
-        "the ~45% of slices without prostate); 3D Dice: per volume, averaged over volumes.",
-        f"Wall time: {wall:.0f} s (simulator {sim_seconds:.0f} s).",
-        f"Transfer: {dict(options.transfer) or 'whole float32 models (the paper)'}; bytes per site and round, mean "
-        f"over sites and rounds: up {mean[BYTES_UP]:,.0f}, down {mean[BYTES_DOWN]:,.0f} (from the server's round report).",
+        f"Profile (both runs): FedMSA, {profile.model_type}, {profile.image_size} px, {profile.rounds} rounds x "
+        f"{profile.local_epochs} local epoch(s), batch {profile.batch_size}, lr {profile.learning_rate}; "
+        f"{len(settings.train_sites)} sites train, {options.held_out} is held out. Dice: test split, per 2D slice "
+        "(sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on the slices without prostate); "
+        "3D Dice: per volume, averaged over volumes.",
+        f"Wall time: {wall:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"); CPU time {cpu:.0f} s (this process and the simulators).",
+        f"Transfer (both runs): {dict(options.transfer) or 'whole float32 models (the paper)'}; bytes per site and "
+        f"round, mean over runs, sites and rounds: up {mean[BYTES_UP]:,.0f}, down {mean[BYTES_DOWN]:,.0f} "
+        "(from the server's round reports).",
         "The real thing: prepare the public release with tools/prepare_data.py, give each site its data_root "
         "and sam_vit_b_01ec64.pth in local/fedfms_site.json (or FEDFMS_DATA_ROOT / FEDFMS_SAM_CHECKPOINT), and "
         "run jobs/fedmsa_prostate (ViT-B, 1024 px, 100 rounds) on GPUs; see README, 'Federated jobs'.",
     ]
-    write_text_atomic(out / "summary.md", "# fedfms demo: FedMSA on synthetic prostate MRI\n\n" + table + "\n"
-                      + "\n".join(f"- {n}" for n in notes) + "\n")
+    markdown = ["# fedfms demo: FedMSA on SYNTHETIC prostate MRI, pretrained vs random SAM weights", "",
+                f"## Held-out site {options.held_out}, before and after federation", "", headline,
+                *(f"- {n}" for n in notes), "", "![overlays](overlays.png)", "", "![learning curves](learning_curve.png)", ""]
+    for name in RUNS:
+        markdown += [f"## Every site, {short[name]} ({labels[name]})", "", site_tables[name]]
+    write_text_atomic(out / "summary.md", "\n".join(markdown))
     write_json_atomic(out / "summary.json", {
-        "synthetic_data": True, "sam_weights": str(checkpoint), "random_sam_weights": not options.sam_checkpoint,
-        "method": "fedmsa", "model_type": profile.model_type, "image_size": profile.image_size, "rounds": profile.rounds,
+        "synthetic_data": True, "method": "fedmsa", "model_type": profile.model_type, "image_size": profile.image_size,
+        "rounds": profile.rounds, "local_epochs": profile.local_epochs, "batch_size": profile.batch_size,
         "learning_rate": profile.learning_rate, "train_sites": settings.train_sites, "held_out": list(settings.held_out),
-        "models": {k: str(v) for k, v in checkpoints.items()}, "sites": rows, "history": history,
-        "transfer": dict(options.transfer),
-        "wall_time_s": round(wall, 1), "simulator_time_s": round(sim_seconds, 1), "notes": notes,
+        "standin": standin, "transfer": dict(options.transfer),
+        "runs": {name: {"weights": str(checkpoints[name]), "label": labels[name], "sites": run["sites"],
+                        "history": run["history"], "models": {k: str(v) for k, v in run["models"].items()},
+                        "simulator_time_s": round(run["simulator_s"], 1)} for name, run in runs.items()},
+        "overlays": {"file": str(overlays), "samples": [{k: s[k] for k in ("site", "volume", "slice", "image")} for s in samples]},
+        "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "notes": notes,
     })
-    plot_learning_curve(history, out / "learning_curve.png",
-                        title=f"FedMSA demo ({profile.model_type}, synthetic data, {options.held_out} held out)")
-    return {"table": table, "notes": notes, "files": [out / "summary.md", out / "summary.json", out / "learning_curve.png"]}
+    tables = headline + "\n" + "\n".join(f"Every site, {short[name]}:\n{site_tables[name]}" for name in RUNS)
+    return {"table": tables, "notes": notes, "files": [out / "summary.md", out / "summary.json", curve, overlays]}
+
+
+def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: int) -> dict:
+    """Run ``job`` in the simulator with every participant on ``checkpoint`` (workspace, log and models in
+    ``run_dir``); return its round history, the initial / final global models and the simulator's seconds."""
+    workspace = run_dir / "workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    allow_fedfms_components(workspace / "local")
+    data_root = run_dir.parent / "data"
+    write_json_atomic(workspace / "local" / SITE_CONFIG_FILE,
+                      {"data_root": str(data_root), "sam_checkpoint": str(checkpoint), "device": "cpu"})
+    log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, threads)), run_dir / "simulator.log")
+    with tqdm(total=rounds, desc="federated rounds", unit="round") as bar:
+        seconds = run_simulator(job, workspace, threads, run_dir / "simulator.log",
+                                on_round=lambda done: bar.update(done - bar.n), rounds=rounds)
+    server = workspace / "server" / "simulate_job"
+    models_dir = run_dir / "models"
+    models_dir.mkdir(exist_ok=True)
+    models = {
+        "before": save_initial_model(job / "app" / BUNDLE_IN_APP, checkpoint, models_dir / "initial_global_model.pt"),
+        "after": copy_file_atomic(server / "app_server" / "FL_global_model.pt", models_dir),
+    }
+    best = server / "app_server" / "best_FL_global_model.pt"  # by weighted validation Dice of accepted results
+    if best.is_file():
+        copy_file_atomic(best, models_dir)
+    else:  # observed with --rounds 1 (the tables and pictures use the initial and final models only)
+        log.info("no best global model saved by the server in %s (the tables use the final one)", best.parent)
+    return {"history": json.loads((server / ROUNDS_FILE).read_text()), "models": models, "simulator_s": seconds}
+
+
+def held_out_table(site: str, rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table of the held-out ``site``: one row per set of SAM weights (label -> its Dice row)."""
+    columns = [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS]
+    lines = ["| SAM weights | " + " | ".join(f"{site} {c}" for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += ["| " + label + " | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |" for label, row in rows.items()]
+    return "\n".join(lines) + "\n"

@@ -60,3 +60,38 @@ def plot_learning_curve(history: Sequence[Mapping[str, object]], path: Path, tit
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _mean(values: Sequence[object]) -> float:
+    """Mean of the numbers among ``values`` (a round's report leaves out what a site did not send); NaN
+    (a gap in the curve) when there is none."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
+
+
+def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, object]]], path: Path, title: str = "") -> Path:
+    """Several federated runs side by side (``histories``: run label -> its round history): the
+    sample-weighted validation Dice of the received global model per round, and the training loss
+    averaged over the sites, one line per run. Written atomically to ``path`` (PNG)."""
+    fig, (dice_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (label, history), style in zip(histories.items(), ("-", "--", ":", "-.")):
+        rounds = [int(h["round"]) for h in history]
+        losses = [_mean([s["train_loss"] for s in h["sites"].values()]) for h in history]
+        dice_ax.plot(rounds, [_mean([h["weighted_val_dice"]]) for h in history], style, marker="s", linewidth=2, label=label)
+        loss_ax.plot(rounds, losses, style, marker="o", linewidth=2, label=label)
+        for ax in (dice_ax, loss_ax):
+            ax.set_xticks(rounds)
+    dice_ax.set(xlabel="round (global model received)", ylabel="validation Dice, weighted by samples", ylim=(0, 1),
+                title="global model on the training sites' validation splits")
+    loss_ax.set(xlabel="round", ylabel="BCE loss", title="local training loss, mean over sites")
+    for ax in (dice_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    # One legend below both panels: the run labels are long (the stand-in's says what it is).
+    handles, labels = dice_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05 + 0.04 * len(histories), 1, 1))
+    save_figure_atomic(fig, path, dpi=110)
+    plt.close(fig)
+    return Path(path)
