@@ -46,6 +46,8 @@ from .standin import STANDIN_LABEL, StandInRecipe, standin_checkpoint
 
 log = logging.getLogger(__name__)
 MODELS = {"before": "initial global model", "after": "final global model"}
+#: Table columns: slice and 3D Dice of each model.
+DICE_COLUMNS = [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS]
 #: The two runs: the same job from pretrained SAM weights, then from random ones (-PT).
 RUNS = ("pretrained", "random")
 OVERLAY_ROWS = 4
@@ -213,7 +215,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     torch.set_num_threads(1)
     with tqdm(total=len(RUNS) * len(MODELS) * len(settings.all_sites), desc="evaluations") as bar:
         for name, run in runs.items():
-            overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
+            run["overrides"] = overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
             run["sites"] = []
             with open(out / name / "evaluation.log", "w") as eval_log:
                 for site in settings.all_sites:
@@ -234,10 +236,9 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     predictions: Dict[str, List[np.ndarray]] = {}
     cell_titles: Dict[str, List[str]] = {}
     for name, run in runs.items():
-        overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
         for key, ckpt in run["models"].items():
             column = f"{short[name]}, {key}"
-            predictions[column] = predict_masks(bundle, overrides, ckpt, samples)
+            predictions[column] = predict_masks(bundle, run["overrides"], ckpt, samples)
             dice = slice_dice(out / name / "evaluation" / key / options.held_out, samples)
             cell_titles[column] = [f"Dice {d:.2f}" for d in dice]
     overlays = overlay_grid(
@@ -254,8 +255,7 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
 
     held = {name: next(r for r in run["sites"] if r["role"] == "held out") for name, run in runs.items()}
     headline = held_out_table(options.held_out, {f"{short[name]}: {labels[name]}": held[name] for name in RUNS})
-    site_tables = {name: dice_table(run["sites"], [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS])
-                   for name, run in runs.items()}
+    site_tables = {name: dice_table(run["sites"], DICE_COLUMNS) for name, run in runs.items()}
     wall = time.perf_counter() - start
     cpu = cpu_seconds()
     traffic = [t for run in runs.values() for entry in run["history"] for t in entry["traffic"].values()]  # per run, site and round
@@ -334,7 +334,6 @@ def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: i
 
 def held_out_table(site: str, rows: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table of the held-out ``site``: one row per set of SAM weights (label -> its Dice row)."""
-    columns = [f"{metric} {key}" for metric in ("Dice", "3D Dice") for key in MODELS]
-    lines = ["| SAM weights | " + " | ".join(f"{site} {c}" for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    lines += ["| " + label + " | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |" for label, row in rows.items()]
+    lines = ["| SAM weights | " + " | ".join(f"{site} {c}" for c in DICE_COLUMNS) + " |", "|" + "---|" * (len(DICE_COLUMNS) + 1)]
+    lines += ["| " + label + " | " + " | ".join(f"{row[c]:.4f}" for c in DICE_COLUMNS) + " |" for label, row in rows.items()]
     return "\n".join(lines) + "\n"
