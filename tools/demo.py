@@ -6,8 +6,8 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
 2. SAM weights in OUT/weights: without --sam-checkpoint, a STAND-IN for SAM's SA-1B weights, the tiny
-   SAM pretrained by fedfms on synthetic shapes (not on medical images; a few minutes of CPU the first time,
-   then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
+   SAM pretrained by fedfms on synthetic shapes (not on medical images; about a minute of CPU the first
+   time, then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
 3. writes the FedMSA prostate job with the demo profile (tiny encoder, 64 px, a few rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and
    code as jobs/fedmsa_prostate;
@@ -18,8 +18,9 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
    held-out site included, with the MSA bundle's evaluate workflow;
 6. writes OUT/summary.md, OUT/summary.json, OUT/learning_curve.png (both runs) and OUT/overlays.png
    (held-out slices: image, ground truth, predictions before and after federation of both runs).
-The data are synthetic, and so is the stand-in's pretraining: the numbers show FedMSA needing a
-pretrained encoder, in miniature, not SAM's quality on real data.
+The data are synthetic, and so is the stand-in's pretraining: the numbers show the federated pipeline,
+not SAM's quality on real data. At this scale the stand-in does not yet beat the random weights on the
+held-out site (README, 'The demo', says what was measured and tried).
 """
 
 from __future__ import annotations
