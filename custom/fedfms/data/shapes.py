@@ -3,13 +3,18 @@
 SYNTHETIC and not medical. SAM was pretrained on SA-1B, masks of every kind of object in generic
 natural images; FedMSA relies on such an encoder and freezes it. SA-1B cannot be used here, so the demo
 pretrains its tiny SAM on this generic figure-ground task instead: :func:`shapes_sample` draws an image
-of textured, overlapping objects of random kind (ellipse, rotated rectangle, triangle, irregular
-polygon, star, ring) in random colours, brighter than a textured background of another random colour,
-and its mask is every pixel that belongs to some object. Nothing in it is fitted to the demo's prostate
-data: objects are placed anywhere (no central prior), there are one to five of them of six kinds, the
-mask is all of them (not one organ among others), images are colour or grey, textures are stripes,
-checkers or smooth noise (no MRI noise model), and objects are always brighter than the background,
-while the demo's gland is darker than its surroundings at half of the sites, the held-out UCL included.
+of a textured background, a large textured surface of another colour (the "stuff" of natural images:
+a table, a wall, a road), and textured, overlapping objects of random kind (ellipse, rotated rectangle,
+triangle, irregular polygon, star, ring) in random colours, brighter or darker than the surface; its
+mask is every pixel that belongs to some object, never the background or the surface. Nothing in it is
+fitted to the demo's prostate data: objects are placed anywhere (no central prior, on the surface or
+off it), there are one to five of them of six kinds, the mask is all of them (not one organ among
+others), images are colour or grey, textures are stripes, checkers or smooth noise (no MRI noise model).
+
+Why a surface and both polarities: an encoder pretrained on objects that are always brighter than a
+plain background learns "bright is object"; FedMSA on top of it did worse on the demo than on a random
+encoder (measured, see the README's demo section). With a surface that is not an object and objects of
+either contrast, the features separate compact objects from their surroundings in both directions.
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: a (seed, index) pair fixes every
 value of a sample, and samples are independent of each other and of the order they are drawn in.
@@ -24,10 +29,11 @@ from scipy.ndimage import gaussian_filter
 KINDS = ("ellipse", "rectangle", "triangle", "polygon", "star", "ring")
 MAX_OBJECTS = 5
 RADIUS = (0.07, 0.3)  # object radius, fraction of the image side
-BACKGROUND_GREY = (0.0, 0.55)  # grey level (channel mean) of the background colour
-# Objects are at least this much brighter than the background. One polarity keeps the task learnable
-# in a minute of CPU: with both (dark objects on bright backgrounds too), the tiny SAM learned nothing
-# in 2000 samples. The demo's target is brighter than its surroundings at some sites, darker at others.
+SURFACE_RADIUS = (0.3, 0.5)  # the surface's radius, fraction of the image side
+SURFACE_KINDS = KINDS[:4]  # compact kinds: no star or ring surface
+SURFACE_GREY = (0.2, 0.8)  # grey level (channel mean) of the surface colour
+# Objects differ from the surface's grey level by at least this much, brighter or darker (each with
+# probability 1/2 where the surface's grey level leaves room for both).
 MIN_CONTRAST = 0.2
 
 
@@ -48,10 +54,12 @@ def _texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return np.sign(np.sin(2 * np.pi * frequency * u) * np.sin(2 * np.pi * frequency * v))
 
 
-def _outline(rng: np.random.Generator, kind: str, size: int) -> list[list[tuple[float, float]]]:
-    """Polygons (pixel coordinates) of one object: the first is filled, any further one is cut out."""
+def _outline(rng: np.random.Generator, kind: str, size: int,
+             radius_range: tuple[float, float] = RADIUS) -> list[list[tuple[float, float]]]:
+    """Polygons (pixel coordinates) of one shape of radius in ``radius_range`` (fraction of ``size``):
+    the first is filled, any further one is cut out."""
     centre = rng.uniform(0.1, 0.9, 2) * size
-    radius = rng.uniform(*RADIUS) * size
+    radius = rng.uniform(*radius_range) * size
     angle = rng.uniform(0, 2 * np.pi)
 
     def ring(radii: np.ndarray, angles: np.ndarray, aspect: float = 1.0) -> list[tuple[float, float]]:
@@ -100,24 +108,40 @@ def _layer(rng: np.random.Generator, colour: np.ndarray, x: np.ndarray, y: np.nd
     return colour[:, None, None] + rng.uniform(0.05, 0.25) * _texture(rng, x, y)[None]
 
 
+def _object_grey(rng: np.random.Generator, surface: float) -> tuple[float, float]:
+    """Grey-level range of an object on a surface of grey level ``surface``: at least MIN_CONTRAST darker
+    or brighter, each with probability 1/2 where both leave a range of 0.1 (drawing a colour in a
+    narrower one would take long)."""
+    darker, brighter = (0.0, surface - MIN_CONTRAST), (surface + MIN_CONTRAST, 1.0)
+    if darker[1] < 0.1:
+        return brighter
+    if brighter[0] > 0.9:
+        return darker
+    return darker if rng.random() < 0.5 else brighter
+
+
 def shapes_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``index`` of the generic-shapes task with ``seed`` at ``size`` x ``size`` pixels.
 
     Returns (image float32 (3, size, size) in [0, 1], mask uint8 (1, size, size) in {0, 1}): the mask is
-    the union of the objects drawn. The photometric chain after drawing (a smooth multiplicative
-    shading, a slight blur, noise, and grey images half of the time) changes the image, never the mask.
-    ``size`` >= 16; the same (seed, index) gives the same sample at any time, in any order.
+    the union of the objects drawn (not the surface). The photometric chain after drawing (a smooth
+    multiplicative shading, a slight blur, noise, and grey images half of the time) changes the image,
+    never the mask. ``size`` >= 16; the same (seed, index) gives the same sample at any time, in any order.
     """
     if size < 16:
         raise ValueError(f"shapes_sample: size must be >= 16 pixels, got {size}")
     rng = np.random.default_rng([seed, index])
     y, x = np.mgrid[:size, :size] / size
-    background = _colour(rng, BACKGROUND_GREY)
-    image = _layer(rng, background, x, y)
+    grey = rng.uniform(0.1, 0.9)
+    image = _layer(rng, _colour(rng, (max(0.0, grey - 0.1), min(1.0, grey + 0.1))), x, y)
+    surface = _rasterize(_outline(rng, SURFACE_KINDS[rng.integers(len(SURFACE_KINDS))], size, SURFACE_RADIUS), size)
+    surface_colour = _colour(rng, SURFACE_GREY)
+    image = np.where(surface[None], _layer(rng, surface_colour, x, y), image)
     mask = np.zeros((size, size), dtype=bool)
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         shape = _rasterize(_outline(rng, KINDS[rng.integers(len(KINDS))], size), size)
-        image = np.where(shape[None], _layer(rng, _colour(rng, (background.mean() + MIN_CONTRAST, 1.0)), x, y), image)
+        colour = _colour(rng, _object_grey(rng, float(surface_colour.mean())))
+        image = np.where(shape[None], _layer(rng, colour, x, y), image)
         mask |= shape
     shading = 1 + rng.uniform(0, 0.4) * (rng.uniform(-1, 1) * (x - 0.5) + rng.uniform(-1, 1) * (y - 0.5))
     image = gaussian_filter(image * shading, sigma=(0, *(2 * [rng.uniform(0, 0.8)])))
