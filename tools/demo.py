@@ -6,7 +6,7 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
 2. SAM weights in OUT/weights: without --sam-checkpoint, a STAND-IN for SAM's SA-1B weights, the tiny
-   SAM pretrained by fedfms on synthetic shapes (not on medical images; about 3.5 minutes of CPU the
+   SAM pretrained by fedfms on synthetic shapes (not on medical images; about 4 minutes on two cores the
    first time, then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
 3. writes the FedMSA prostate job with the demo profile (tiny encoder, 128 px, 4 rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and

@@ -13,8 +13,8 @@ Training uses MONAI's ``SupervisedTrainer``, one OpenMP thread and seeded genera
 in one loader worker, seeded by their index), so the file is deterministic for a given recipe and seed
 on a given machine and software stack. It is cached: written atomically once under
 ``cache_dir()/standin/`` with the recipe's hash (and :data:`RECIPE_VERSION`) in its name, and reused
-afterwards. The default recipe (128 px, 1000 steps x 8 samples, Adam at 3e-4; about 3.5 minutes on one
-CPU core) is the one the README's demo figures were measured with. Shorter pretraining transferred
+afterwards. The default recipe (128 px, 1000 steps x 8 samples, Adam at 3e-4; about 4 minutes on two CPU
+cores, one training, one drawing samples) is the one the README's demo figures were measured with. Shorter pretraining transferred
 worse (600 steps: FedMSA from it did not beat the random encoder; see the README's demo section).
 """
 
