@@ -66,10 +66,11 @@ class DemoOptions:
     4 rounds x 2 local epochs, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need
     more), the held-out site, simulator threads (None: one per site, held-out included, so no site's
     process is restarted between tasks; fewer threads than sites make NVFlare start a new client process
-    per task: 281-337 s instead of 181 s for one run on 2 cores, measured at 64 px), the seed of the data, the stand-in and
-    the random SAM weights, an official SAM checkpoint to start the pretrained run from (None: the
-    stand-in), and the job's transfer options (JobSettings fields of ``fedfms.orchestration.transfer``,
-    e.g. {"compression": "int8", "topk_fraction": 0.2}), the same for both runs."""
+    per task: 281-337 s instead of 181 s for one run on 2 cores, measured at 64 px), the seed of the
+    data, the stand-in and the random SAM weights, an official SAM checkpoint to start the pretrained run
+    from (None: the stand-in), and the job's transfer options (JobSettings fields of
+    ``fedfms.orchestration.transfer``, e.g. {"compression": "int8", "topk_fraction": 0.2}), the same for
+    both runs."""
 
     sam_checkpoint: Optional[Path] = None
     profile: Profile = DEMO_PROFILE
