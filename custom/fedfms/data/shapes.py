@@ -133,7 +133,7 @@ def shapes_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
     rng = np.random.default_rng([seed, index])
     y, x = np.mgrid[:size, :size] / size
     grey = rng.uniform(0.1, 0.9)
-    image = _layer(rng, _colour(rng, (max(0.0, grey - 0.1), min(1.0, grey + 0.1))), x, y)
+    image = _layer(rng, _colour(rng, (grey - 0.1, grey + 0.1)), x, y)  # background: grey in [0.1, 0.9]
     surface = _rasterize(_outline(rng, SURFACE_KINDS[rng.integers(len(SURFACE_KINDS))], size, SURFACE_RADIUS), size)
     surface_colour = _colour(rng, SURFACE_GREY)
     image = np.where(surface[None], _layer(rng, surface_colour, x, y), image)
