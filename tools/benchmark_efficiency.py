@@ -19,12 +19,11 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from tqdm import tqdm
 
 from fedfms.core.io import save_figure_atomic, write_json_atomic, write_text_atomic
-from fedfms.orchestration.transfer_table import transfer_markdown, transfer_table
 from fedfms.reporting.efficiency import CONFIGURATIONS, EfficiencyResult, markdown_table, measure, ratios
 
 #: ``--batch-size paper``: the reference code's batch sizes (FedSAM 6, FedMSA 4; prostate, fundus).
@@ -73,6 +72,26 @@ def _plot(results: List[EfficiencyResult], path: Path) -> None:
     plt.close(fig)
 
 
+def _write_results(out: Path, command: str, results: List[EfficiencyResult], transfer: Dict[str, list]) -> str:
+    """Write OUT/efficiency.json and .md for the rows measured so far (and the transfer tables, once
+    made); return the markdown table."""
+    table = markdown_table(results)
+    if transfer:
+        from fedfms.orchestration.transfer_table import transfer_markdown
+
+        for model_type, rows in transfer.items():
+            table += f"\n\nBytes per site and round by transfer option, {model_type}:\n\n" + transfer_markdown(rows)
+    versus = {f"{r.config}/{r.model_type}/b{r.batch_size}": ratios(r, results) for r in results}
+    payload = {"command": command, "results": [r.as_dict() for r in results],
+               "ratios": {row: ratio for row, ratio in versus.items() if ratio}, "transfer": transfer}
+    write_json_atomic(out / "efficiency.json", payload)
+    write_text_atomic(out / "efficiency.md",
+                      f"{table}\n\n'vs baseline': the row's training-step speed-up (by CPU time on CPU, by wall "
+                      f"time on CUDA) and peak-memory ratio against its baseline row (the fp32 reference path) "
+                      f"measured in this run.\n\nMeasured with `{command}`.\n")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", nargs="+", default=["vit_b"], choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
@@ -88,6 +107,10 @@ def main() -> None:
                         help="CPU threads per row (default torch's: one per core); 1 keeps a shared machine's "
                              "load from stalling multi-threaded kernels")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per row; a row over it is reported, not measured")
+    parser.add_argument("--transfer-table", action=argparse.BooleanOptionalAction, default=True,
+                        help="also tabulate the bytes per round under each transfer option (device-independent; "
+                             "needs NVFlare: --no-transfer-table on a GPU machine with only torch, MONAI and "
+                             "segment_anything)")
     parser.add_argument("--dry-run", action="store_true", help="print the rows that would be measured and exit")
     parser.add_argument("--out", type=Path, default=Path("efficiency"), help="output folder")
     args = parser.parse_args()
@@ -98,26 +121,20 @@ def main() -> None:
             print(f"{config}\t{model_type}\t{args.image_size} px\tbatch {batch}\t{args.device}\t{CONFIGURATIONS[config].label}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "tools/benchmark_efficiency.py", *sys.argv[1:]])
     results = []
     for config, model_type, batch in tqdm(rows, desc="measuring", unit="row"):
         results.append(measure(config, model_type, args.image_size, timeout=args.timeout, batch_size=batch,
                                steps=args.steps, device=args.device, checkpoint=args.sam_checkpoint,
                                threads=args.threads))
         tqdm.write(f"{config} {model_type} batch {batch}: {results[-1].status}")
-    table = markdown_table(results)
-    command = shlex.join(["python", "tools/benchmark_efficiency.py", *sys.argv[1:]])
-    versus = {f"{r.config}/{r.model_type}/b{r.batch_size}": ratios(r, results) for r in results}
+        table = _write_results(args.out, command, results, {})  # rows so far survive a cut-off run
     # bytes each way per site and round under each transfer option (float16, int8, top-k, partial upload)
-    transfer = {model_type: transfer_table(model_type=model_type) for model_type in args.model_type}
-    for model_type, rows in transfer.items():
-        table += f"\n\nBytes per site and round by transfer option, {model_type}:\n\n" + transfer_markdown(rows)
-    payload = {"command": command, "results": [r.as_dict() for r in results],
-               "ratios": {row: ratio for row, ratio in versus.items() if ratio}, "transfer": transfer}
-    write_json_atomic(args.out / "efficiency.json", payload)
-    write_text_atomic(args.out / "efficiency.md",
-                      f"{table}\n\n'vs baseline': the row's training-step speed-up (by CPU time on CPU, by wall "
-                      f"time on CUDA) and peak-memory ratio against its baseline row (the fp32 reference path) "
-                      f"measured in this run.\n\nMeasured with `{command}`.\n")
+    if args.transfer_table:
+        from fedfms.orchestration.transfer_table import transfer_table  # imports NVFlare
+
+        table = _write_results(args.out, command, results,
+                               {model_type: transfer_table(model_type=model_type) for model_type in args.model_type})
     _plot(results, args.out / "efficiency.png")
     print(table)
     print(f"wrote {args.out}/efficiency.json, efficiency.md, efficiency.png")

@@ -37,6 +37,19 @@ def test_measurements_are_consistent():
     assert table[4].endswith("x memory |") and "x speed" in table[4]
 
 
+def test_peak_memory_is_read_before_the_flop_counted_step(monkeypatch):
+    """Under FlopCounterMode a checkpointed step keeps what activation checkpointing frees: its peak
+    must not be the row's."""
+    import fedfms.reporting.efficiency as efficiency
+
+    events = []
+    count_flops, read_peak = efficiency.flop_counter, efficiency._peak_memory_mib
+    monkeypatch.setattr(efficiency, "flop_counter", lambda: events.append("flops") or count_flops())
+    monkeypatch.setattr(efficiency, "_peak_memory_mib", lambda device: events.append("peak") or read_peak(device))
+    result = efficiency.measure_in_process("fedmsa_checkpointing", "vit_tiny", 64, steps=1)
+    assert events == ["peak", "flops"] and result.train_step_tflops > 0
+
+
 def test_cpu_sdpa_kernel_is_counted():
     """SDPA on CPU runs aten ops FlopCounterMode does not know (torch internals): forward 4*B*h*L*S*E
     multiply-adds x 2, backward 2.5x the forward, as torch counts its CUDA kernels."""
