@@ -3,7 +3,7 @@
 Autocast runs the network's matrix products in bfloat16 or float16 while parameters, gradients,
 optimizer state, the loss and everything after the network stay float32 (so what a site saves or
 sends is float32 whatever the compute dtype). Defaults (``"auto"``), decided by measurement (README,
-"Efficiency on this machine"):
+"Efficiency"):
 
 - CUDA: on, bfloat16 where the GPU supports it natively, float16 (with MONAI's GradScaler) otherwise.
 - CPU: on (bfloat16) only where the CPU computes bfloat16 natively (AVX512-BF16 or AMX). Without it
