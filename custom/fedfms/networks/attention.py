@@ -11,9 +11,7 @@ column to each key, and q' . k' = scale * q . k + bias. SDPA then runs a fused k
 CUDA) that never stores a score matrix, with gradients for everything, the relative-position tables
 included. Passing the bias as ``attn_mask`` instead would store it (the same N x N size), and neither
 CPU kernel of torch accepts a mask that needs a gradient (it falls back to the explicit computation).
-Flash kernels need one head dimension for q, k and v, a multiple of 8 on CUDA (else torch falls back to
-a kernel that stores the scores): q and k are zero-padded to it (adding 0 to every q' . k'), v to the
-same width, and v's padding is sliced off the output.
+Flash kernels need one head dimension for q, k and v, so v is zero-padded and the padding sliced off.
 """
 
 from typing import Tuple
@@ -25,10 +23,6 @@ from torch import nn
 
 #: Values of the segmenters' ``attention`` option: "sdpa" (this module) or "sam" (segment_anything's own).
 ATTENTION_CHOICES = ("sdpa", "sam")
-
-#: CUDA's flash kernel takes head dimensions that are multiples of 8 (ViT-B at 1024 px: a 14 x 14
-#: window gives 64 + 14 + 14 = 92, padded to 96; a global block 64 + 64 + 64 = 192).
-HEAD_DIM_MULTIPLE = 8
 
 
 def _one_hot_positions(size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -71,8 +65,7 @@ class SDPAttention(nn.Module):
     def _fold_rel_pos(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: Tuple[int, int]
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries [scale * q, rel_h, rel_w, 0], keys [k, one-hot row, one-hot column, 0], values [v, 0],
-        all of one width, a multiple of HEAD_DIM_MULTIPLE."""
+        """Queries [scale * q, rel_h, rel_w], keys [k, one-hot row, one-hot column], values [v, 0]."""
         height, width = size
         batch, heads, tokens, dim = q.shape
         rel_h_table = get_rel_pos(height, height, self.rel_pos_h)  # H x H x C, as in add_decomposed_rel_pos
@@ -83,9 +76,7 @@ class SDPAttention(nn.Module):
         q = torch.cat([q * self.scale, rel_h.to(q.dtype), rel_w.to(q.dtype)], dim=-1)
         positions = _one_hot_positions(size, k).expand(batch, heads, tokens, height + width)
         k = torch.cat([k, positions], dim=-1)
-        padding = -q.shape[-1] % HEAD_DIM_MULTIPLE
-        q, k = F.pad(q, (0, padding)), F.pad(k, (0, padding))
-        v = F.pad(v, (0, q.shape[-1] - dim))
+        v = F.pad(v, (0, height + width))
         return q, k, v
 
 
