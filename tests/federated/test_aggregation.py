@@ -152,3 +152,19 @@ def test_fedsca_weights_follow_update_similarity_and_data_size():
         np.testing.assert_allclose(result[name], expected, rtol=1e-5)
         fedavg = sum(results[s][0][name].astype(np.float64) * sizes[s] for s in sizes) / sum(sizes.values())
         assert not np.allclose(result[name], fedavg)
+
+
+def test_the_average_does_not_depend_on_the_order_results_arrive_in():
+    """float32 sums depend on their order (here 3e7 + 1 - 3e7): the simulator's sites finish in an order
+    that changes with the machine's load, and a seeded run must give the same model whatever it was."""
+    values = {"A": 3e7, "B": 1.0, "C": -3e7, "D": 1.0}
+    results = {site: {k: np.full_like(v, value) for k, v in GLOBAL.items()} for site, value in values.items()}
+    averages = []
+    for order in (["A", "B", "C", "D"], ["A", "C", "B", "D"], ["D", "C", "B", "A"]):
+        aggregator, fl_ctx = _aggregator(outlier_factor=0.0, clip_factor=0.0)  # plain weighted FedAvg
+        for site in order:
+            assert aggregator.accept(_result(site, results[site], 10), fl_ctx)
+        averages.append(from_shareable(aggregator.aggregate(fl_ctx)).data)
+    for average in averages[1:]:
+        for name in GLOBAL:
+            np.testing.assert_array_equal(average[name], averages[0][name])

@@ -13,8 +13,9 @@
   ``min_sites_for_outliers`` of them), optionally clips each update's L2 norm to ``clip_factor`` x
   the median norm of the accepted updates of the last ``clip_history`` rounds (:func:`clip_bound`),
   sets each remaining site's aggregation weight (1 for FedAvg; the similarity weight for FedSCA) and
-  averages: NVFlare's weighted mean (weights x NUM_STEPS_CURRENT_ROUND = n_k, normalised) for
-  ``robust_mean="mean"``, or, with three or more results, a coordinate-wise n_k-weighted trimmed mean
+  averages: NVFlare's weighted mean (weights x NUM_STEPS_CURRENT_ROUND = n_k, normalised; the sites
+  accumulated in name order, so a seeded run gives the same model whatever order the sites finished
+  in) for ``robust_mean="mean"``, or, with three or more results, a coordinate-wise n_k-weighted trimmed mean
   or median (:func:`trimmed_mean`).
 
 Holding the round's results costs memory (sites x transmitted model; FedSAM ViT-B: 373 MB per site);
@@ -343,7 +344,7 @@ class GuardedAggregator(InTimeAccumulateWeightedAggregator):
         else:
             for aggregator in self.dxo_aggregators.values():
                 aggregator.aggregation_weights = weights
-            for site in results:
+            for site in sorted(results):  # a fixed order: float sums depend on it, arrival order on the load
                 super().accept(held[site], fl_ctx)
             aggregate = super().aggregate(fl_ctx)
         if self.upload_blocks is None:
