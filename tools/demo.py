@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     add_transfer_arguments(parser)  # --compression int8 --topk-fraction 0.2 ...: how the models travel
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # MONAI warns at every NumpyReader it builds that its GPU DICOM codec is missing; the demo reads no DICOM
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     options = DemoOptions(
         sam_checkpoint=args.sam_checkpoint, held_out=args.held_out, threads=args.threads, seed=args.seed,
         transfer=transfer_settings(args),

@@ -93,3 +93,40 @@ def test_demo_help_names_the_standin_and_the_random_run(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert exit_.value.code == 0
     assert "STAND-IN for SAM's SA-1B weights" in text and "-PT" in text and "--sam-checkpoint" in text
+
+
+def test_evaluation_gives_the_demo_its_log_handlers_back(tmp_path, monkeypatch):
+    """The bundle's logging.conf points the root logger at the evaluation log (stdout is redirected
+    there), which is closed after the evaluations: the demo's later log lines must still reach its own
+    handler."""
+    import logging
+    import logging.config
+
+    import monai.bundle
+
+    from fedfms.orchestration.demo import evaluate
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "msa"
+
+    def bundle_run(*args, output_dir, **kwargs):  # what ConfigWorkflow does with the bundle's logging.conf
+        logging.config.fileConfig(bundle / "configs" / "logging.conf", disable_existing_loggers=False)
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "evaluation_summary.json").write_text(json.dumps({"dice": 0.5, "dice_3d": 0.25}))
+
+    monkeypatch.setattr(monai.bundle, "run", bundle_run)
+    root = logging.getLogger()
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    keep = Keep(level=logging.INFO)
+    monkeypatch.setattr(root, "handlers", [keep])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    with open(tmp_path / "evaluation.log", "w") as log_file:
+        scores = evaluate(bundle, tmp_path / "datalist.json", tmp_path / "model.pt", tmp_path / "eval", {}, log_file)
+    logging.getLogger("fedfms.orchestration.demo").info("after the evaluations")
+    assert scores == {"dice": 0.5, "dice_3d": 0.25}
+    assert root.handlers == [keep] and records == ["after the evaluations"]
+

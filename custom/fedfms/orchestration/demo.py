@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -98,20 +98,32 @@ def save_initial_model(bundle: Path, checkpoint: Path, path: Path) -> Path:
     return save_torch_atomic({"model": network.state_dict()}, path)
 
 
+@contextlib.contextmanager
+def bundle_logs_hidden() -> Iterator[None]:
+    """Hide INFO log lines (the bundle workflows' would bury the demo's progress bar) and give the root
+    logger its handlers back afterwards: a bundle's logging.conf replaces them with one writing to the
+    stdout of the moment, e.g. an evaluation log the caller then closes."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def evaluate(bundle: Path, datalist: Path, ckpt: Path, output_dir: Path, overrides: dict, log_file) -> dict:
     """Test-split Dice of ``ckpt`` on one site: the bundle's evaluate workflow, i.e. ``python -m monai.bundle
     run evaluate --config_file "['train.json','evaluate.json']" ...``, run in this process (its output goes
     to ``log_file``). Returns the slice-averaged Dice and the per-volume 3D Dice."""
     from monai.bundle import run
 
-    logging.disable(logging.INFO)  # the workflow's own log lines would bury the demo's progress bar
-    try:
-        with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
-            run("evaluate", config_file=[str(bundle / TRAIN_CONFIG), str(bundle / EVALUATE_CONFIG)],
-                bundle_root=str(bundle), datalist=str(datalist), ckpt_path=str(ckpt), output_dir=str(output_dir),
-                **overrides)
-    finally:
-        logging.disable(logging.NOTSET)
+    with bundle_logs_hidden(), contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        run("evaluate", config_file=[str(bundle / TRAIN_CONFIG), str(bundle / EVALUATE_CONFIG)],
+            bundle_root=str(bundle), datalist=str(datalist), ckpt_path=str(ckpt), output_dir=str(output_dir),
+            **overrides)
     summary = json.loads((output_dir / "evaluation_summary.json").read_text())
     return {"dice": float(summary["dice"]), "dice_3d": float(summary["dice_3d"])}
 
@@ -241,7 +253,8 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     for name, run in runs.items():
         for key, ckpt in run["models"].items():
             column = f"{short[name]}, {key}"
-            predictions[column] = predict_masks(bundle, run["overrides"], ckpt, samples)
+            with bundle_logs_hidden():
+                predictions[column] = predict_masks(bundle, run["overrides"], ckpt, samples)
             dice = slice_dice(out / name / "evaluation" / key / options.held_out, samples)
             cell_titles[column] = [f"Dice {d:.2f}" for d in dice]
     overlays = overlay_grid(
