@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     add_compute_options(parser)
     add_transfer_arguments(parser)  # --compression int8 --topk-fraction 0.2 ...: how the models travel
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # force: an import above already gave the root logger a WARNING-level handler, which hid the steps
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     # MONAI warns at every NumpyReader it builds that its GPU DICOM codec is missing; the demo reads no DICOM
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     options = DemoOptions(
