@@ -15,8 +15,8 @@
   sets each remaining site's aggregation weight (1 for FedAvg; the similarity weight for FedSCA) and
   averages: NVFlare's weighted mean (weights x NUM_STEPS_CURRENT_ROUND = n_k, normalised; the sites
   accumulated in name order, so a seeded run gives the same model whatever order the sites finished
-  in) for ``robust_mean="mean"``, or, with three or more results, a coordinate-wise n_k-weighted trimmed mean
-  or median (:func:`trimmed_mean`).
+  in) for ``robust_mean="mean"``, or, with three or more results, a coordinate-wise n_k-weighted
+  trimmed mean or median (:func:`trimmed_mean`).
 
 Holding the round's results costs memory (sites x transmitted model; FedSAM ViT-B: 373 MB per site);
 the outlier test needs the median over the whole round, which an in-time accumulator cannot revise.
