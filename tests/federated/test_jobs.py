@@ -60,6 +60,9 @@ def test_make_jobs_demo_profile_without_cross_site_evaluation(tmp_path):
                          "use_mirroring": False, "iterations_per_epoch": 100, "lr_schedule_epochs": 1}
     server = json.loads((job / "config_fed_server.json").read_text())
     assert [w["id"] for w in server["workflows"]] == ["nnunet_planning", "scatter_and_gather"]
+    # nothing for the held-out site to do without cross-site evaluation: no app (no idle client) for it
+    meta = json.loads((tmp_path / "fednnunet_prostate" / "meta.json").read_text())
+    assert meta["deploy_map"] == {"app": ["server", "BIDMC", "HK", "I2CVB", "ISBI", "ISBI1_5"]}
     assert _component(server, "scatter_and_gather")["args"]["num_rounds"] == 1
     # without --profile the paper's settings stay (the committed suite), cross-site evaluation included
     assert make_jobs.main(["--out", str(tmp_path / "paper"), "--method", "fedmsa", "--dataset", "prostate"]) == 0

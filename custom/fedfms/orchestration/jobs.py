@@ -6,7 +6,8 @@ NVFlare ``FedJob`` made of the real component objects (so their constructors che
 the job is written), and ``write_job`` exports it to a folder that runs unchanged in the simulator, POC
 and production::
 
-    JOB/meta.json                           deploy_map: the server and every site of the dataset;
+    JOB/meta.json                           deploy_map: the server and the sites that take part (the
+                                            training sites, and the held-out ones for cross_site_eval);
                                             scope: the privacy scope (the method's, fedfms.registry)
     JOB/app/config/config_fed_server.json   ScatterAndGather over the training sites, weighted FedAvg
                                             (bad updates rejected), best-model selection, cross-site
@@ -213,6 +214,12 @@ class JobSettings:
         return [s for s in self.all_sites if s not in self.held_out]
 
     @property
+    def deployed_sites(self) -> List[str]:
+        """Sites the job's app goes to: the training sites, and the held-out ones only when they score the
+        models (cross_site_eval); otherwise a held-out site would only start a client that waits."""
+        return list(self.all_sites) if self.cross_site_eval else self.train_sites
+
+    @property
     def min_training_results(self) -> int:
         """Results a round needs (min_clients, default all training sites but one)."""
         return self.min_clients or max(1, len(self.train_sites) - 1)
@@ -242,8 +249,8 @@ def build_job(settings: JobSettings, bundle_configs: Path, staging: Path, embed_
     s = settings
     planned = get_method(s.method).planned
     train = [client_name(x) for x in s.train_sites]
-    clients = [client_name(x) for x in s.all_sites]
-    # The deploy map names every site (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
+    clients = [client_name(x) for x in s.deployed_sites]
+    # The deploy map names the sites (not "@ALL"): `nvflare simulator JOB` takes its clients from it.
     # The scope names the privacy policy each site applies to the job's results (fedfms.runtime.privacy).
     job = FedJob(name=s.job_name, min_clients=s.min_training_results,
                  meta_props={"deploy_map": {"app": ["server", *clients]}, "scope": get_method(s.method).privacy_scope})

@@ -113,7 +113,7 @@ def _train_federated(run: StudyRun, ctx: RunContext, stage: Path, checkpoint: Op
     site = {"data_root": str(settings.data_root), "sam_checkpoint": str(checkpoint) if checkpoint else None,
             "device": settings.device}
     write_json_atomic(workspace / "local" / SITE_CONFIG_FILE, {k: v for k, v in site.items() if v})
-    threads = settings.threads or len(job_set.all_sites)
+    threads = settings.threads or len(job_set.deployed_sites)
     command = simulator_command(job, workspace, threads)
     record["commands"].append({"step": "train", "job": f"fedfms.orchestration.jobs.write_job({job_set!r})",
                                "site_config": site, "command": shlex.join(command)})
