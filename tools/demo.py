@@ -5,18 +5,18 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
     python tools/demo.py --out OUT [--sam-checkpoint sam_vit_b_01ec64.pth --model-type vit_b]
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
-2. SAM weights in OUT/weights: without --sam-checkpoint, a STAND-IN for SAM's SA-1B weights, the tiny
-   SAM pretrained by fedfms on synthetic shapes (not on medical images; about 4 minutes on two cores the
-   first time, then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR); and seeded random weights;
-3. writes the FedMSA prostate job with the demo profile (tiny encoder, 128 px, 4 rounds; five sites
+2. writes the FedMSA prostate job with the demo profile (tiny encoder, 128 px, 4 rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and
    code as jobs/fedmsa_prostate;
-4. runs it twice in the NVFlare simulator, from the pretrained and from the random weights
-   (OUT/pretrained/, OUT/random/: workspace, simulator.log, models), every site reading its data and
-   SAM weights from the workspace's local/fedfms_site.json;
-5. evaluates the initial and the final global model of both runs on every site's test split, the
-   held-out site included, with the MSA bundle's evaluate workflow;
-6. writes OUT/summary.md, OUT/summary.json, OUT/learning_curve.png (both runs) and OUT/overlays.png
+3. runs it twice in the NVFlare simulator (OUT/pretrained/, OUT/random/: workspace, simulator.log,
+   models), every site reading its data and SAM weights from the workspace's local/fedfms_site.json:
+   from seeded random weights, in the background at a lower CPU priority, and from pretrained weights
+   (OUT/weights): without --sam-checkpoint a STAND-IN for SAM's SA-1B weights, the tiny SAM pretrained
+   by fedfms on synthetic shapes (not on medical images; pretrained beside the random run the first
+   time, then reused from ~/.cache/fedfms or $FEDFMS_CACHE_DIR);
+4. evaluates the initial and the final global model of each run, as soon as it ends, on every site's
+   test split, the held-out site included, with the MSA bundle's evaluate workflow;
+5. writes OUT/summary.md, OUT/summary.json, OUT/learning_curve.png (both runs) and OUT/overlays.png
    (held-out slices: image, ground truth, predictions before and after federation of both runs).
 The data are synthetic, and so is the stand-in's pretraining: the numbers show the federated pipeline,
 not SAM's quality on real data. What they show is the paper's -PT point in miniature: FedMSA from the
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=profile.learning_rate,
                         help="default %(default)s so a few rounds show learning (the paper and jobs/: 1e-4)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="simulator threads: clients run in parallel (default: one per site, held-out included)")
+                        help="simulator threads: clients run in parallel (default: one per training site)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the synthetic data, the stand-in's pretraining and the random SAM weights (default: %(default)s)")
     add_compute_options(parser)

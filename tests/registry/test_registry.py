@@ -77,10 +77,10 @@ def test_profiles_and_the_overrides_they_give():
     assert bundle_overrides(get_method("fedmsa"), get_dataset("brain"), PAPER) == {
         "num_classes": 1, "model_type": "vit_b", "image_size": 1024, "batch_size": 8}
     assert bundle_overrides(get_method("unet"), get_dataset("fundus"), demo) == {
-        "num_classes": 2, "image_size": 64, "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0}
-    # nnU-Net: its own SGD learning rate (the profile's is Adam's), its poly schedule over rounds x local
-    # epochs, the plan's batch size unless the profile sets one; in the CPU demo no mirroring at test time
-    # and epochs of 100 batches
+        "num_classes": 2, "image_size": 64, "batch_size": 4, "learning_rate": 1e-3, "num_workers": 0, "cache_rate": 1.0}
+    # nnU-Net: its own SGD learning rate (the profile's is Adam's) and data pipeline (no cache_rate), its
+    # poly schedule over rounds x local epochs, the plan's batch size unless the profile sets one; in the
+    # CPU demo no mirroring at test time and epochs of 100 batches
     assert bundle_overrides(get_method("fednnunet"), get_dataset("prostate"), PAPER) == {
         "num_classes": 1, "lr_schedule_epochs": 100}
     assert bundle_overrides(get_method("nnunet"), get_dataset("prostate"), demo.override(local_epochs=3)) == {

@@ -109,3 +109,60 @@ def test_simulator_failing_after_the_last_round_counts_only_for_nvflares_late_su
     else:
         with pytest.raises(StepError, match="exit code 1"):
             run(3, tmp_path / "ws")
+
+
+def test_a_cancelled_simulator_is_stopped(tmp_path, monkeypatch):
+    """The demo runs two simulators at once; when one fails, the other's ``cancel`` is set and it must end
+    (its process killed) instead of running for minutes more."""
+    import os
+    import threading
+    import time
+
+    from fedfms.orchestration import simulator
+
+    pid_file = tmp_path / "pid"
+    monkeypatch.setattr(simulator, "simulator_command", lambda job, workspace, threads: [
+        sys.executable, "-c", f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"])
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    start = time.perf_counter()
+    with pytest.raises(StepError, match="cancelled"):
+        simulator.run_simulator(tmp_path / "job", tmp_path / "ws", 1, tmp_path / "sim.log", cancel=cancel)
+    assert time.perf_counter() - start < 30
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_background_run_and_the_sessions_it_starts_get_a_lower_priority(tmp_path):
+    """The demo runs the random-weights simulator in the background at a lower CPU priority. NVFlare
+    starts every client in a new session (setsid), and where Linux schedules by session (autogroup) only
+    the session's nice value counts: both the processes' own value and their sessions' must be lowered,
+    never the caller's session."""
+    import os
+    import threading
+    import time
+
+    from fedfms.orchestration.simulator import run_logged
+
+    pids = tmp_path / "pids"
+    child = ("import os, pathlib, subprocess, sys, time; "
+             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(8)'], start_new_session=True); "
+             f"pathlib.Path({str(pids)!r}).write_text(f'{{os.getpid()}} {{p.pid}}'); p.wait()")
+    seen = {}
+
+    def inspect():
+        time.sleep(6)  # run_logged lowers the new session within its 2 s poll
+        parent, grandchild = map(int, pids.read_text().split())
+        seen["nice"] = (os.getpriority(os.PRIO_PROCESS, parent), os.getpriority(os.PRIO_PROCESS, grandchild))
+        seen["sessions"] = {pid: Path(f"/proc/{pid}/autogroup").read_text() for pid in (parent, grandchild, os.getpid())
+                            if Path(f"/proc/{pid}/autogroup").exists()}
+
+    watcher = threading.Thread(target=inspect)
+    watcher.start()
+    run_logged([sys.executable, "-c", child], tmp_path / "bg.log", niceness=7)
+    watcher.join()
+    assert seen["nice"] == (os.getpriority(os.PRIO_PROCESS, 0) + 7,) * 2
+    if seen["sessions"]:  # a kernel with autogroup: the new session is lowered, ours and the parent's are not
+        parent, grandchild = map(int, pids.read_text().split())
+        assert seen["sessions"][grandchild].split()[-1] == "7"
+        assert seen["sessions"][os.getpid()] == seen["sessions"][parent] and not seen["sessions"][parent].endswith(" 7\n")

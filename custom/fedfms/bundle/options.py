@@ -42,6 +42,7 @@ BUNDLE_OPTIONS: Dict[str, Callable[[str, object], object]] = {
     "max_epochs": partial(as_int, minimum=1),
     "batch_size": partial(as_int, minimum=1),
     "num_workers": partial(as_int, minimum=0),
+    "cache_rate": partial(as_float, minimum=0, maximum=1),
     "val_interval": partial(as_int, minimum=1),
     "num_overlays": partial(as_int, minimum=0),
     "learning_rate": partial(as_float, above=0),

@@ -54,8 +54,10 @@ def as_int(name: str, value: object, minimum: Optional[int] = None) -> int:
     return number
 
 
-def as_float(name: str, value: object, minimum: Optional[float] = None, above: Optional[float] = None) -> float:
-    """``value`` as a finite float (numbers and numeric strings); >= ``minimum`` / > ``above`` if given."""
+def as_float(name: str, value: object, minimum: Optional[float] = None, above: Optional[float] = None,
+             maximum: Optional[float] = None) -> float:
+    """``value`` as a finite float (numbers and numeric strings); >= ``minimum`` / > ``above`` / <= ``maximum``
+    if given."""
     number = float(_number(name, value, "a number"))
     if number != number or number in (float("inf"), float("-inf")):
         raise OptionError(f"option {name}={value!r}: expected a finite number")
@@ -63,6 +65,8 @@ def as_float(name: str, value: object, minimum: Optional[float] = None, above: O
         raise OptionError(f"option {name}={value!r}: expected a number >= {minimum}")
     if above is not None and number <= above:
         raise OptionError(f"option {name}={value!r}: expected a number > {above}")
+    if maximum is not None and number > maximum:
+        raise OptionError(f"option {name}={value!r}: expected a number <= {maximum}")
     return number
 
 

@@ -19,7 +19,9 @@ import json
 import logging
 import resource
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
@@ -27,6 +29,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedfms.bundle.checkpoint import load_trained_weights
 from fedfms.bundle.datalist import load_datalist
@@ -58,14 +61,18 @@ OVERLAY_ROWS = 4
 DEMO_PROFILE = get_profile("demo").override(image_size=128, rounds=4, local_epochs=2)
 #: Batch size of the evaluations (inference only: bigger batches, fewer calls).
 EVALUATION_BATCH_SIZE = 16
+#: The random run's simulator runs at this lower CPU priority: it fills the cores the pretrained run's
+#: chain (stand-in pretraining, its simulator, its evaluation) leaves idle instead of slowing it down.
+BACKGROUND_NICENESS = 10
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     """The demo's settings: the training ``profile`` of both runs (default DEMO_PROFILE: vit_tiny, 128 px,
     4 rounds x 2 local epochs, batch 4, lr 1e-3, where the jobs use the paper's 1e-4: a few rounds need
-    more), the held-out site, simulator threads (None: one per site, held-out included, so no site's
-    process is restarted between tasks; fewer threads than sites make NVFlare start a new client process
+    more), the held-out site, simulator threads (None: one per training site, so no site's process is
+    restarted between tasks; the held-out site gets no client, the demo evaluates it after the federation;
+    fewer threads than sites make NVFlare start a new client process
     per task: 281-337 s instead of 181 s for one run on 2 cores, measured at 64 px), the seed of the
     data, the stand-in and the random SAM weights, an official SAM checkpoint to start the pretrained run
     from (None: the stand-in), and the job's transfer options (JobSettings fields of
@@ -175,76 +182,110 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def pretrained_weights(options: DemoOptions, weights_dir: Path) -> tuple[Path, Optional[dict]]:
+    """The pretrained run's SAM weights: ``options.sam_checkpoint``, or the stand-in (cached, else
+    pretrained now and cached) copied into ``weights_dir``. Returns (file, the stand-in's record or None)."""
+    if options.sam_checkpoint:
+        return Path(options.sam_checkpoint).resolve(), None
+    profile = options.profile
+    recipe = StandInRecipe(model_type=profile.model_type, image_size=profile.image_size, seed=options.seed)
+    cached = standin_checkpoint(recipe)
+    pretrained = copy_file_atomic(cached, weights_dir)
+    return pretrained, {"label": STANDIN_LABEL, "recipe": asdict(recipe), "cache_file": str(cached), "file": str(pretrained)}
+
+
+def evaluate_run(run: dict, run_dir: Path, settings: JobSettings, bundle: Path, data_dir: Path,
+                 overrides: Mapping[str, object], label: str) -> List[dict]:
+    """Dice rows of one run: its final global model on every site's test split, and its initial one on
+    the held-out sites' (the bundle's evaluate workflow; outputs in ``run_dir``/evaluation, its log in
+    ``run_dir``/evaluation.log). The initial model is not scored on the training sites: no table reads it
+    there, and those ten evaluations would add about 18 CPU-seconds to the demo."""
+    models = {site: [k for k in run["models"] if k == "after" or site in settings.held_out] for site in settings.all_sites}
+    rows = []
+    with tqdm(total=sum(map(len, models.values())), desc=f"evaluations, {label}") as bar, \
+            open(run_dir / "evaluation.log", "w") as eval_log:
+        for site in settings.all_sites:
+            datalist = data_dir / "prostate" / site / "datalist.json"
+            row = {"site": site, "role": "held out" if site in settings.held_out else "train",
+                   "test slices": len(json.loads(datalist.read_text())["test"])}
+            for key in models[site]:
+                ckpt = run["models"][key]
+                scores = evaluate(bundle, datalist, ckpt, run_dir / "evaluation" / key / site, overrides, eval_log)
+                row.update({f"Dice {key}": scores["dice"], f"3D Dice {key}": scores["dice_3d"]})
+                bar.update()
+            rows.append(row)
+    return rows
+
+
 def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     """Run the whole demo into ``out``; return {"table": markdown, "notes": [...], "files": [...]}.
-    ``bundles_dir`` is the repository's bundles/ folder (the job carries a copy of bundles/msa/configs)."""
+    ``bundles_dir`` is the repository's bundles/ folder (the job carries a copy of bundles/msa/configs).
+
+    The two runs overlap: the random run's simulator starts first, in the background at a lower CPU
+    priority (BACKGROUND_NICENESS), while this process gets the pretrained weights (pretraining the
+    stand-in on a first run, which keeps about 1.5 of two cores busy); the pretrained run's simulator
+    follows, and each run is evaluated as soon as its simulator ends. Every site runs one OpenMP thread
+    and the server averages in site-name order, so the overlap changes the time, not the numbers."""
     start = time.perf_counter()
     timings: Dict[str, float] = {}
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     profile = options.profile
+    labels, short = weights_labels(options), run_names(options)
 
-    log.info("1/6 synthetic data -> %s", out / "data")
+    log.info("1/5 synthetic data -> %s", out / "data")
     make_demo_data(out / "data", seed=options.seed)
     timings["data"] = time.perf_counter() - start
 
-    log.info("2/6 SAM weights -> %s", out / "weights")
-    step = time.perf_counter()
-    weights_dir = out / "weights"
-    weights_dir.mkdir(exist_ok=True)
-    standin: Optional[dict] = None
-    labels, short = weights_labels(options), run_names(options)
-    if options.sam_checkpoint:
-        pretrained = Path(options.sam_checkpoint).resolve()
-    else:
-        recipe = StandInRecipe(model_type=profile.model_type, image_size=profile.image_size, seed=options.seed)
-        cached = standin_checkpoint(recipe)
-        pretrained = copy_file_atomic(cached, weights_dir)
-        standin = {"label": STANDIN_LABEL, "recipe": asdict(recipe), "cache_file": str(cached), "file": str(pretrained)}
-    random_weights = write_random_sam_checkpoint(weights_dir / f"sam_{profile.model_type}_random_seed{options.seed}.pth",
-                                                 profile.model_type, options.seed)
-    checkpoints = {"pretrained": pretrained, "random": random_weights}
-    timings["weights"] = time.perf_counter() - step
-
     settings = JobSettings(
         "fedmsa", "prostate", profile, held_out=(options.held_out,), name="fedmsa_prostate_demo",
-        cross_site_eval=False,  # step 5 evaluates every site with the bundle's evaluate workflow instead
+        cross_site_eval=False,  # step 4 evaluates every site with the bundle's evaluate workflow instead
         **options.transfer,
     )
     settings = replace(settings, min_clients=len(settings.train_sites))  # wait for every training site each round
-    log.info("3/6 job -> %s", out / "jobs" / settings.job_name)
+    log.info("2/5 job -> %s", out / "jobs" / settings.job_name)
     job = write_job(settings, out / "jobs", bundles_dir)
     bundle = job / "app" / BUNDLE_IN_APP
-
-    runs: Dict[str, dict] = {}
-    for index, name in enumerate(RUNS):
-        log.info("4/6 NVFlare simulator, run %d/%d (%s): %d rounds, training sites %s, held out %s",
-                 index + 1, len(RUNS), labels[name], profile.rounds, ", ".join(settings.train_sites), options.held_out)
-        runs[name] = federate(job, out / name, checkpoints[name], options.threads or len(settings.all_sites), profile.rounds)
-        timings[f"simulator {name}"] = runs[name]["simulator_s"]
-
-    log.info("5/6 evaluating the global models on every site's test split -> %s", out / "*/evaluation")
-    step = time.perf_counter()
+    weights_dir = out / "weights"
+    weights_dir.mkdir(exist_ok=True)
+    checkpoints = {"random": write_random_sam_checkpoint(
+        weights_dir / f"sam_{profile.model_type}_random_seed{options.seed}.pth", profile.model_type, options.seed)}
+    threads = options.threads or len(settings.deployed_sites)
     base_overrides = {**settings.bundle_overrides(), "device": "cpu", "batch_size": EVALUATION_BATCH_SIZE}
-    # The tiny model runs many small ops: one thread avoids OpenMP spin-waits on a shared machine.
-    torch.set_num_threads(1)
-    with tqdm(total=len(RUNS) * len(MODELS) * len(settings.all_sites), desc="evaluations") as bar:
-        for name, run in runs.items():
-            run["overrides"] = overrides = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
-            run["sites"] = []
-            with open(out / name / "evaluation.log", "w") as eval_log:
-                for site in settings.all_sites:
-                    datalist = out / "data" / "prostate" / site / "datalist.json"
-                    row = {"site": site, "role": "held out" if site in settings.held_out else "train",
-                           "test slices": len(json.loads(datalist.read_text())["test"])}
-                    for key, ckpt in run["models"].items():
-                        scores = evaluate(bundle, datalist, ckpt, out / name / "evaluation" / key / site, overrides, eval_log)
-                        row.update({f"Dice {key}": scores["dice"], f"3D Dice {key}": scores["dice_3d"]})
-                        bar.update()
-                    run["sites"].append(row)
-    timings["evaluation"] = time.perf_counter() - step
 
-    log.info("6/6 pictures -> %s, %s", out / "overlays.png", out / "learning_curve.png")
+    log.info("3/5 NVFlare simulator, both runs (%d rounds, training sites %s, held out %s): %s in the background "
+             "at a lower CPU priority, then %s", profile.rounds, ", ".join(settings.train_sites), options.held_out,
+             labels["random"], labels["pretrained"])
+    runs: Dict[str, dict] = {}
+    standin: Optional[dict] = None
+    cancel = threading.Event()  # stops the other simulator when anything here fails
+    with ThreadPoolExecutor(max_workers=len(RUNS)) as pool, logging_redirect_tqdm():
+        try:
+            futures = {pool.submit(federate, job, out / "random", checkpoints["random"], threads, profile.rounds,
+                                   short["random"], cancel, BACKGROUND_NICENESS): "random"}
+            step = time.perf_counter()
+            checkpoints["pretrained"], standin = pretrained_weights(options, weights_dir)
+            timings["weights"] = time.perf_counter() - step
+            futures[pool.submit(federate, job, out / "pretrained", checkpoints["pretrained"], threads, profile.rounds,
+                                short["pretrained"], cancel)] = "pretrained"
+            # The tiny model runs many small ops: one thread avoids OpenMP spin-waits beside the simulators.
+            torch.set_num_threads(1)
+            for future in as_completed(futures):
+                name = futures[future]
+                run = runs[name] = future.result()
+                timings[f"simulator {name}"] = run["simulator_s"]
+                log.info("4/5 evaluating the %s run's initial and final global models on every site's test split -> %s",
+                         short[name], out / name / "evaluation")
+                step = time.perf_counter()
+                run["overrides"] = {**base_overrides, "sam_checkpoint": str(checkpoints[name])}
+                run["sites"] = evaluate_run(run, out / name, settings, bundle, out / "data", run["overrides"], short[name])
+                timings[f"evaluation {name}"] = time.perf_counter() - step
+        except BaseException:
+            cancel.set()
+            raise
+    runs = {name: runs[name] for name in RUNS}
+
+    log.info("5/5 pictures -> %s, %s", out / "overlays.png", out / "learning_curve.png")
     step = time.perf_counter()
     held_datalist = out / "data" / "prostate" / options.held_out / "datalist.json"
     samples = overlay_samples(held_datalist)
@@ -284,14 +325,15 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
             "surface, mask = the objects) is not the demo's task; "
             "it plays the role of SA-1B, which cannot be used here. With --sam-checkpoint the real weights are used."),
         f"Random weights: {labels['random']}: the same federation with a random frozen encoder.",
-        f"before = {MODELS['before']} (round 0), after = {MODELS['after']} (after {profile.rounds} rounds).",
+        f"before = {MODELS['before']} (round 0; scored on the held-out site only), after = {MODELS['after']} "
+        f"(after {profile.rounds} rounds).",
         f"Profile (both runs): FedMSA, {profile.model_type}, {profile.image_size} px, {profile.rounds} rounds x "
         f"{profile.local_epochs} local epoch(s), batch {profile.batch_size}, lr {profile.learning_rate}; "
         f"{len(settings.train_sites)} sites train, {options.held_out} is held out. Dice: test split, per 2D slice "
         "(sigmoid > 0.5) averaged over slices (an empty prediction scores 1 on the slices without prostate); "
         "3D Dice: per volume, averaged over volumes.",
-        f"Wall time: {wall:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-        + f"); CPU time {cpu:.0f} s (this process and the simulators).",
+        f"Wall time: {wall:.0f} s; CPU time {cpu:.0f} s (this process and the simulators). Steps, which overlap "
+        "(the random run's simulator beside the rest): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".",
         f"Transfer (both runs): {dict(options.transfer) or 'whole float32 models (the paper)'}; bytes per site and "
         f"round, mean over runs, sites and rounds: up {mean[BYTES_UP]:,.0f}, down {mean[BYTES_DOWN]:,.0f} "
         "(from the server's round reports).",
@@ -321,19 +363,23 @@ def run_demo(out: Path, options: DemoOptions, bundles_dir: Path) -> dict:
     return {"table": tables, "notes": notes, "files": [out / "summary.md", out / "summary.json", curve, overlays]}
 
 
-def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: int) -> dict:
+def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: int, label: str,
+             cancel: Optional[threading.Event] = None, niceness: int = 0) -> dict:
     """Run ``job`` in the simulator with every participant on ``checkpoint`` (workspace, log and models in
-    ``run_dir``); return its round history, the initial / final global models and the simulator's seconds."""
+    ``run_dir``; ``label`` names its progress bar; ``cancel`` and ``niceness`` as in ``run_simulator``);
+    return its round history, the initial / final global models and the simulator's seconds."""
     workspace = run_dir / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)
     allow_fedfms_components(workspace / "local")
     data_root = run_dir.parent / "data"
     write_json_atomic(workspace / "local" / SITE_CONFIG_FILE,
                       {"data_root": str(data_root), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-    log.info("running: %s  (log: %s)", " ".join(simulator_command(job, workspace, threads)), run_dir / "simulator.log")
-    with tqdm(total=rounds, desc="federated rounds", unit="round") as bar:
+    log.info("running: %s%s  (log: %s)", f"nice -n {niceness} " if niceness else "",
+             " ".join(simulator_command(job, workspace, threads)), run_dir / "simulator.log")
+    with tqdm(total=rounds, desc=f"federated rounds, {label}", unit="round") as bar:
         seconds = run_simulator(job, workspace, threads, run_dir / "simulator.log",
-                                on_round=lambda done: bar.update(done - bar.n), rounds=rounds)
+                                on_round=lambda done: bar.update(done - bar.n), rounds=rounds,
+                                cancel=cancel, niceness=niceness)
     server = workspace / "server" / "simulate_job"
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)

@@ -14,9 +14,10 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from fedfms.core.wire import ROUNDS_FILE
 
@@ -42,18 +43,57 @@ def child_environment(threads: Optional[int] = None) -> Dict[str, str]:
     return env
 
 
+def _parents() -> Dict[int, int]:
+    """Every process id -> its parent's (Linux /proc; {} elsewhere)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def lower_priority(root: int, niceness: int, done: Set[int]) -> None:
+    """Give the session of each descendant of ``root`` not in ``done`` that runs in a session of its own
+    the nice value ``niceness`` (adding them to ``done``). Why sessions: NVFlare starts every client and
+    server job in a new session (setsid), and where Linux schedules by session (autogroup,
+    /proc/sys/kernel/sched_autogroup_enabled) each session competes as one, whatever its processes' own
+    nice values; ``/proc/PID/autogroup`` holds the session's value (``man 7 sched``). Without autogroup
+    the processes' own values, inherited from ``nice -n`` at launch, apply. The caller's session is left
+    alone. Best effort: a process that is gone, or a kernel without autogroup, is skipped."""
+    children: Dict[int, List[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    own, pending = os.getsid(0), list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, []))
+        if pid in done:
+            continue
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) != own:
+                Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+        done.add(pid)
+
+
 def run_logged(argv: Sequence[str], log_path: Path, env: Optional[Mapping[str, str]] = None,
-               poll: Optional[Callable[[], None]] = None, timeout: Optional[float] = None) -> float:
+               poll: Optional[Callable[[], None]] = None, timeout: Optional[float] = None, niceness: int = 0) -> float:
     """Run ``argv`` with stdout and stderr into ``log_path``; ``poll`` is called every 2 s while it runs.
-    Returns the seconds taken; StepError (with the last lines of the log) on a non-zero exit or timeout."""
+    ``niceness`` > 0 runs it and every process it starts at that lower CPU priority (``nice -n``, and
+    ``lower_priority`` every 2 s for the sessions it starts). Returns the seconds taken; StepError (with
+    the last lines of the log) on a non-zero exit or timeout."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    argv = ["nice", "-n", str(niceness), *argv] if niceness else list(argv)
+    reniced: Set[int] = set()
     with open(log_path, "w") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
-        process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ))
         try:
             while process.poll() is None:
+                if niceness:
+                    lower_priority(process.pid, niceness, reniced)
                 if timeout and time.perf_counter() - start > timeout:
                     process.kill()
                     process.wait()
@@ -98,18 +138,25 @@ def _finished_before_failing(log_path: Path, rounds_file: Path, rounds: int) -> 
 
 
 def run_simulator(job: Path, workspace: Path, threads: int, log_path: Path, cpu_threads: Optional[int] = None,
-                  on_round: Optional[Callable[[int], None]] = None, rounds: Optional[int] = None) -> float:
+                  on_round: Optional[Callable[[int], None]] = None, rounds: Optional[int] = None,
+                  cancel: Optional[threading.Event] = None, niceness: int = 0) -> float:
     """Run the NVFlare simulator on ``job``; ``on_round(n)`` reports the number of finished rounds (read
     from the server's fedfms_rounds.json). Returns seconds taken; StepError if it fails or writes no
     round report. The simulator's run folder is ``workspace/server/simulate_job``. ``cpu_threads``: OpenMP
     threads of the simulator process (default: cores / threads, so the simulated sites share the cores).
+    ``cancel``: once set (by another thread), the simulator is stopped and StepError raised within 2 s.
+    ``niceness``: run the simulator and its clients at that lower CPU priority (``run_logged``).
 
     ``rounds``: the job's round count, for jobs without cross-site evaluation. Given, a run that NVFlare
     failed at shutdown with its late-submit error (LATE_SUBMIT_FAILURE) after all rounds were reported and
     the global model saved counts as finished, with a warning naming the log."""
     rounds_file = workspace / "server" / "simulate_job" / ROUNDS_FILE
 
+    command = simulator_command(job, workspace, threads)
+
     def poll() -> None:
+        if cancel is not None and cancel.is_set():
+            raise StepError(f"cancelled: {shlex.join(command)} (log {log_path})")
         if on_round and rounds_file.is_file():
             with contextlib.suppress(json.JSONDecodeError, OSError):
                 on_round(len(json.loads(rounds_file.read_text())))
@@ -119,7 +166,7 @@ def run_simulator(job: Path, workspace: Path, threads: int, log_path: Path, cpu_
     env = {k: v for k, v in env.items() if not k.startswith("FEDFMS_")}
     start = time.perf_counter()
     try:
-        seconds = run_logged(simulator_command(job, workspace, threads), log_path, env, poll)
+        seconds = run_logged(command, log_path, env, poll, niceness=niceness)
     except StepError:
         if rounds is None or not _finished_before_failing(log_path, rounds_file, rounds):
             raise
