@@ -55,8 +55,8 @@ def _parents() -> Dict[int, int]:
 
 def lower_priority(root: int, niceness: int, done: Set[int]) -> None:
     """Give the session of each descendant of ``root`` not in ``done`` that runs in a session of its own
-    the nice value ``niceness`` (adding them to ``done``). Why sessions: NVFlare starts every client and
-    server job in a new session (setsid), and where Linux schedules by session (autogroup,
+    the nice value ``niceness`` (adding them to ``done``). Why sessions: NVFlare's simulator starts every
+    client in a new session (setsid), and where Linux schedules by session (autogroup,
     /proc/sys/kernel/sched_autogroup_enabled) each session competes as one, whatever its processes' own
     nice values; ``/proc/PID/autogroup`` holds the session's value (``man 7 sched``). Without autogroup
     the processes' own values, inherited from ``nice -n`` at launch, apply. The caller's session is left
