@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="evaluate the best model by source-site validation Dice or the final one (default from the profile)")
     parser.add_argument("--cpu-threads", type=int, help="OpenMP threads per training/evaluation process (default from the profile)")
     add_compute_options(parser)
-    parser.add_argument("--threads", type=int, help="simulator threads (default: one per site)")
+    parser.add_argument("--threads", type=int, help="simulator threads (default: one per training site; the held-out site gets no client)")
     parser.add_argument("--device", help="torch device for every run (default: cuda:0 if available, else cpu)")
     parser.add_argument("--resume", action="store_true", help="skip runs that finished earlier with the same settings")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

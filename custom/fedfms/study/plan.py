@@ -40,8 +40,8 @@ class StudySettings:
     with the command line's overrides); held_out: unseen sites (folder names), empty = every site in turn;
     no_pretraining: add the -PT ablation of the SAM-based methods when a checkpoint is given (without a
     checkpoint every SAM-based run is already -PT); sam_checkpoint: official SAM weights or None;
-    threads: simulator threads (None = one per site); device: bundle device (None = the bundles' default,
-    cuda:0 if available).
+    threads: simulator threads (None = one per training site: the held-out site gets no client); device:
+    bundle device (None = the bundles' default, cuda:0 if available).
     """
 
     dataset: str
