@@ -44,7 +44,7 @@ from fedfms.runtime.bundle_network import build_bundle_network, read_train_confi
 from fedfms.runtime.site_config import SITE_CONFIG_FILE, allow_fedfms_components
 
 from .jobs import JobSettings, write_job
-from .simulator import run_simulator, simulator_command
+from .simulator import niced, run_simulator, simulator_command
 from .standin import STANDIN_LABEL, StandInRecipe, standin_checkpoint
 
 log = logging.getLogger(__name__)
@@ -374,8 +374,8 @@ def federate(job: Path, run_dir: Path, checkpoint: Path, threads: int, rounds: i
     data_root = run_dir.parent / "data"
     write_json_atomic(workspace / "local" / SITE_CONFIG_FILE,
                       {"data_root": str(data_root), "sam_checkpoint": str(checkpoint), "device": "cpu"})
-    log.info("running: %s%s  (log: %s)", f"nice -n {niceness} " if niceness else "",
-             " ".join(simulator_command(job, workspace, threads)), run_dir / "simulator.log")
+    log.info("running: %s  (log: %s)", " ".join(niced(simulator_command(job, workspace, threads), niceness)),
+             run_dir / "simulator.log")
     with tqdm(total=rounds, desc=f"federated rounds, {label}", unit="round") as bar:
         seconds = run_simulator(job, workspace, threads, run_dir / "simulator.log",
                                 on_round=lambda done: bar.update(done - bar.n), rounds=rounds,

@@ -76,6 +76,12 @@ def lower_priority(root: int, niceness: int, done: Set[int]) -> None:
         done.add(pid)
 
 
+def niced(argv: Sequence[str], niceness: int) -> List[str]:
+    """``argv`` under ``nice -n NICENESS`` (a lower CPU priority, inherited by every process it starts);
+    ``argv`` itself for 0."""
+    return ["nice", "-n", str(niceness), *argv] if niceness else list(argv)
+
+
 def run_logged(argv: Sequence[str], log_path: Path, env: Optional[Mapping[str, str]] = None,
                poll: Optional[Callable[[], None]] = None, timeout: Optional[float] = None, niceness: int = 0) -> float:
     """Run ``argv`` with stdout and stderr into ``log_path``; ``poll`` is called every 2 s while it runs.
@@ -84,7 +90,7 @@ def run_logged(argv: Sequence[str], log_path: Path, env: Optional[Mapping[str, s
     the last lines of the log) on a non-zero exit or timeout."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    argv = ["nice", "-n", str(niceness), *argv] if niceness else list(argv)
+    argv = niced(argv, niceness)
     reniced: Set[int] = set()
     with open(log_path, "w") as log:
         log.write(f"$ {shlex.join(argv)}\n")

@@ -12,8 +12,9 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Union
 
+from fedfms.bundle.options import BUNDLE_OPTIONS
 from fedfms.bundle.precision import parse_amp, parse_amp_dtype
-from fedfms.core.options import as_bool, as_choice, as_float, as_int
+from fedfms.core.options import as_bool, as_choice, as_int
 from fedfms.networks.configs import DEFAULT_MODEL_TYPE, ENCODER_CONFIGS, SAM_IMAGE_SIZE
 
 from .datasets import Dataset
@@ -67,10 +68,9 @@ class Profile:
         for name, minimum in (("image_size", 1), ("batch_size", 1), ("num_workers", 0), ("cpu_threads", 1)):
             if getattr(self, name) is not None:
                 typed[name] = as_int(name, getattr(self, name), minimum)
-        if self.learning_rate is not None:
-            typed["learning_rate"] = as_float("learning_rate", self.learning_rate, above=0)
-        if self.cache_rate is not None:
-            typed["cache_rate"] = as_float("cache_rate", self.cache_rate, minimum=0, maximum=1)
+        for name in ("learning_rate", "cache_rate"):  # bundle options: checked as the bundles check them
+            if getattr(self, name) is not None:
+                typed[name] = BUNDLE_OPTIONS[name](name, getattr(self, name))
         if self.amp is not None:
             typed["amp"] = parse_amp("amp", self.amp)
         if self.amp_dtype is not None:
