@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 from tqdm import tqdm
 
 from fedfms.core.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from fedfms.networks.configs import ENCODER_CONFIGS
 from fedfms.reporting.efficiency import CONFIGURATIONS, EfficiencyResult, markdown_table, measure, ratios
 
 #: ``--batch-size paper``: the reference code's batch sizes (FedSAM 6, FedMSA 4; prostate, fundus).
@@ -94,7 +95,7 @@ def _write_results(out: Path, command: str, results: List[EfficiencyResult], tra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-type", nargs="+", default=["vit_b"], choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--model-type", nargs="+", default=["vit_b"], choices=sorted(ENCODER_CONFIGS))
     parser.add_argument("--image-size", type=int, default=256, help="input side in px (paper: 1024)")
     parser.add_argument("--batch-size", type=_batch_size, default=1,
                         help="images per step, or 'paper': FedSAM 6, FedMSA 4 (default 1)")

@@ -5,6 +5,7 @@ a site sends per round, beside the paper's learnable-parameter counts. Builds on
 import argparse
 import json
 
+from fedfms.networks.configs import ENCODER_CONFIGS
 from fedfms.registry import get_method, method_names
 from fedfms.reporting.parameters import PAPER_DIFFERENCE, count_parameters
 
@@ -12,7 +13,7 @@ from fedfms.reporting.parameters import PAPER_DIFFERENCE, count_parameters
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-types", nargs="+", default=["vit_b", "vit_l"],
-                        choices=["vit_tiny", "vit_b", "vit_l", "vit_h"], help="encoders to count (default: vit_b vit_l)")
+                        choices=sorted(ENCODER_CONFIGS), help="encoders to count (default: vit_b vit_l)")
     parser.add_argument("--num-classes", type=int, default=1, help="output channels (1 binary, 2 fundus OD+OC)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()

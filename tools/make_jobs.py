@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fedfms.networks.configs import ENCODER_CONFIGS
 from fedfms.orchestration.jobs import JobSettings, paper_jobs, write_job
 from fedfms.orchestration.transfer import add_transfer_arguments, transfer_settings
 from fedfms.registry import (PAPER, add_compute_options, add_profile_option, compute_overrides, dataset_names,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int,
                         help=f"local epochs per round (default: the profile's; paper: {PAPER.local_epochs})")
     parser.add_argument("--model-type",
-                        help=f"SAM encoder: vit_b, vit_l (FedMSA-L), vit_h, vit_tiny (default: the profile's; paper: "
+                        help=f"SAM architecture: {', '.join(ENCODER_CONFIGS)}; vit_l is FedMSA-L (default: the profile's; paper: "
                              f"{PAPER.model_type})")
     parser.add_argument("--image-size", type=int,
                         help="input size, a multiple of 16 (default: the profile's; paper: 1024 for SAM, the bundle's otherwise)")

@@ -27,6 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
+from fedfms.networks.configs import ENCODER_CONFIGS
 from fedfms.registry import add_compute_options, add_profile_option, compute_overrides, dataset_names, get_profile, method_names
 from fedfms.study import StudyError, StudySettings, run_study
 
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run the -PT ablation (SAM weights not from --sam-checkpoint)")
     parser.add_argument("--sam-checkpoint", type=Path, help="official SAM weights (default: none, random weights = -PT)")
     add_profile_option(parser)
-    parser.add_argument("--model-type", help="SAM encoder (vit_b, vit_l, vit_h, vit_tiny); default from the profile")
+    parser.add_argument("--model-type", help=f"SAM architecture ({', '.join(ENCODER_CONFIGS)}); default from the profile")
     parser.add_argument("--image-size", type=int, help="input size (multiple of 16); default from the profile")
     parser.add_argument("--rounds", type=int, help="federated rounds; default from the profile")
     parser.add_argument("--epochs", type=int, help="local epochs per round (centralized: rounds x epochs); default from the profile")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from fedfms.networks.configs import ENCODER_CONFIGS
 from fedfms.registry import get_method, method_names
 from fedfms.registry.methods import network_class
 from fedfms.runtime.privacy import (
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--default-scope", choices=SCOPE_NAMES, help="scope of jobs that declare none (default: keep the file's)")
     check = commands.add_parser("check", help="what a scope lets out of the site's own model")
     check.add_argument("--method", choices=method_names(federated=True), default="fedmsa", help="default: fedmsa")
-    check.add_argument("--model-type", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"], default="vit_b", help="default: vit_b")
+    check.add_argument("--model-type", choices=sorted(ENCODER_CONFIGS), default="vit_b", help="default: vit_b")
     check.add_argument("--num-classes", type=int, default=1, help="output channels (1 binary, 2 fundus OD+OC)")
     check.add_argument("--privacy", type=Path, help="a site's privacy.json (default: the shipped scopes)")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from PIL import Image
 from fedfms.orchestration.demo import (DEMO_PROFILE, RUNS, DemoOptions, held_out_table, overlay_samples, predict_masks,
                                        run_names, save_initial_model, weights_labels)
 from fedfms.core.wire import BUNDLE_IN_APP
+from fedfms.networks import write_random_sam_checkpoint
 from fedfms.orchestration.jobs import JobSettings, write_job
 from fedfms.orchestration.standin import STANDIN_LABEL
 from fedfms.reporting.overlays import overlay_grid
@@ -72,7 +73,8 @@ def test_overlay_samples_show_prostate_from_several_volumes(demo_data):
     assert len({s["volume"] for s in samples}) > 1
 
 
-def test_predicted_masks_are_binary_at_the_source_size(demo_data, sam_checkpoint, tmp_path):
+def test_predicted_masks_are_binary_at_the_source_size(demo_data, tmp_path):
+    sam_checkpoint = write_random_sam_checkpoint(tmp_path / "sam_random.pth", DEMO_PROFILE.model_type, 0)  # synthetic
     samples = overlay_samples(demo_data / "prostate" / "UCL" / "datalist.json", count=2)
     settings = JobSettings("fedmsa", "prostate", DEMO_PROFILE, held_out=("UCL",))
     overrides = {**settings.bundle_overrides(), "sam_checkpoint": str(sam_checkpoint), "device": "cpu"}

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fedfms.core.io import load_tensors
-from fedfms.networks import MSASegmenter, SAMSegmenter, write_random_sam_checkpoint
+from fedfms.networks import ENCODER_CONFIGS, MSASegmenter, SAMSegmenter, write_random_sam_checkpoint
 from fedfms.orchestration import standin
 from fedfms.orchestration.standin import CACHE_ENV, StandInRecipe, cache_dir, standin_checkpoint
 
-TINY = StandInRecipe(model_type="vit_tiny", image_size=64, steps=2, batch_size=2, seed=11)
+TINY = StandInRecipe(model_type="vit_nano", image_size=64, steps=2, batch_size=2, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def test_file_is_the_official_layout_and_loads_key_for_key(written, tmp_path):
     state = load_tensors(path)
     # The official layout: exactly the keys (and shapes) of a SAM state dict, which the random-init
     # writer produces and tests/networks checks against segment_anything's builders.
-    reference = load_tensors(write_random_sam_checkpoint(tmp_path / "random.pth", "vit_tiny", 0))
+    reference = load_tensors(write_random_sam_checkpoint(tmp_path / "random.pth", TINY.model_type, 0))
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in reference.items()}
     for cls in (MSASegmenter, SAMSegmenter):
-        model = cls(model_type="vit_tiny", image_size=64, checkpoint=path)
+        model = cls(model_type=TINY.model_type, image_size=64, checkpoint=path)
         own = model.state_dict()
         assert set(own) - set(state) == set(model.new_keys())
         assert all(torch.equal(own[k], v) for k, v in state.items())
@@ -41,7 +41,7 @@ def test_pretraining_changes_the_weights_it_trains(written, tmp_path):
     state = load_tensors(path)
     with torch.random.fork_rng():
         torch.manual_seed(TINY.seed)
-        initial = SAMSegmenter(model_type="vit_tiny", image_size=64).state_dict()
+        initial = SAMSegmenter(model_type=TINY.model_type, image_size=64).state_dict()
     assert not torch.equal(state["image_encoder.patch_embed.proj.weight"], initial["image_encoder.patch_embed.proj.weight"])
     assert not torch.equal(state["mask_decoder.output_upscaling.0.weight"], initial["mask_decoder.output_upscaling.0.weight"])
     # never trained (no gradient in prompt-free decoding): kept at their seeded initial values
@@ -69,11 +69,17 @@ def test_cached_file_is_reused_without_training(written, monkeypatch):
     assert path.stat().st_mtime_ns == stamp
 
 
-def test_cache_key_follows_the_recipe_and_version(monkeypatch):
+def test_cache_key_follows_the_recipe_architecture_and_version(monkeypatch):
     names = {r.file_name() for r in (TINY, replace(TINY, steps=3), replace(TINY, learning_rate=1e-4),
-                                     replace(TINY, image_size=128), replace(TINY, seed=12))}
-    assert len(names) == 5
+                                     replace(TINY, image_size=128), replace(TINY, seed=12),
+                                     replace(TINY, model_type="vit_tiny"))}
+    assert len(names) == 6
     before = TINY.file_name()
+    # the same model_type with another architecture (e.g. a registry entry edited) is another file
+    monkeypatch.setitem(ENCODER_CONFIGS, TINY.model_type, replace(ENCODER_CONFIGS[TINY.model_type], decoder_mlp_dim=256))
+    assert TINY.file_name() != before
+    monkeypatch.undo()
+    assert TINY.file_name() == before
     monkeypatch.setattr(standin, "RECIPE_VERSION", standin.RECIPE_VERSION + 1)
     assert TINY.file_name() != before
 

@@ -111,6 +111,14 @@ def test_checkpoint_of_another_model_type(vit_b_sam):
         MSASegmenter(model_type="vit_tiny", checkpoint=path)
 
 
+def test_checkpoint_of_the_other_tiny_model_type(tmp_path):
+    """vit_tiny and vit_nano share the encoder blocks; the neck's width tells them apart."""
+    path = tmp_path / "nano.pth"
+    torch.save(SAMSegmenter(model_type="vit_nano").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"model_type 'vit_tiny': it looks like a vit_nano checkpoint; shape mismatch: image_encoder\.neck"):
+        SAMSegmenter(model_type="vit_tiny", checkpoint=path)
+
+
 def test_checkpoint_with_missing_and_extra_keys(tmp_path):
     state = SAMSegmenter(model_type="vit_tiny").state_dict()
     del state["mask_decoder.iou_token.weight"]

@@ -12,8 +12,9 @@ SEGMENTERS = [SAMSegmenter, MSASegmenter]
 @pytest.mark.parametrize("cls", SEGMENTERS)
 @pytest.mark.parametrize("num_classes", [1, 2])
 @pytest.mark.parametrize("image_size", [64, 128, 256])
-def test_output_shape(cls, num_classes, image_size):
-    model = cls(model_type="vit_tiny", num_classes=num_classes, image_size=image_size).eval()
+@pytest.mark.parametrize("model_type", ["vit_tiny", "vit_nano"])
+def test_output_shape(cls, num_classes, image_size, model_type):
+    model = cls(model_type=model_type, num_classes=num_classes, image_size=image_size).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, 3, image_size, image_size))
     assert logits.shape == (2, num_classes, image_size // 4, image_size // 4)
@@ -139,6 +140,25 @@ def test_encoder_configs_match_segment_anything_builders(model_type):
         ours = {k: v.shape for k, v in SAMSegmenter(model_type=model_type).state_dict().items()}
     assert ours == theirs
     assert ENCODER_CONFIGS[model_type].official_checkpoint.startswith(f"sam_{model_type}_")
+
+
+@pytest.mark.parametrize("cls", SEGMENTERS)
+def test_vit_nano_is_vit_tiny_with_a_decoder_half_as_wide(cls):
+    """vit_nano: vit_tiny's encoder blocks, a 128-wide neck, prompt encoder, decoder and IoU head (SAM:
+    256), decoder MLPs of 512 (SAM: 2048); every other tensor as vit_tiny's, fewer values to send."""
+    with torch.device("meta"):
+        tiny, nano = (cls(model_type=t, image_size=128) for t in ("vit_tiny", "vit_nano"))
+    tiny_shapes, nano_shapes = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (tiny, nano))
+    assert set(tiny_shapes) == set(nano_shapes)
+    assert all(nano_shapes[k] == v for k, v in tiny_shapes.items() if k.startswith("image_encoder.blocks."))
+    assert nano_shapes["image_encoder.neck.0.weight"] == (128, 64, 1, 1)
+    assert nano_shapes["image_encoder.neck.2.weight"] == (128, 128, 3, 3)
+    assert nano_shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"] == (512, 128)
+    assert nano_shapes["mask_decoder.iou_prediction_head.layers.0.weight"] == (128, 128)
+    assert nano_shapes["mask_decoder.output_upscaling.0.weight"] == (128, 32, 2, 2)
+    assert tiny_shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"] == (2048, 256)
+    sent = {m: sum(p.numel() for k, p in m.named_parameters() if k in transmitted_keys(m)) for m in (tiny, nano)}
+    assert sent[nano] < sent[tiny] / 3
 
 
 @pytest.mark.parametrize("cls", SEGMENTERS)

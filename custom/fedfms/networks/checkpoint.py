@@ -25,12 +25,12 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 
 
 def _guess_model_type(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    pos_embed = state.get("image_encoder.pos_embed")
-    if pos_embed is None:
+    pos_embed, neck = state.get("image_encoder.pos_embed"), state.get("image_encoder.neck.0.weight")
+    if pos_embed is None or neck is None:
         return None
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
     for name, config in ENCODER_CONFIGS.items():
-        if config.embed_dim == pos_embed.shape[-1] and config.depth == depth:
+        if (config.embed_dim, config.depth, config.prompt_embed_dim) == (pos_embed.shape[-1], depth, neck.shape[0]):
             return name
     return None
 

@@ -21,7 +21,7 @@ from fedfms.core.options import OptionError, as_bool, as_choice, as_int
 from .adapters import AdaptedBlock
 from .attention import ATTENTION_CHOICES, use_sdpa_attention
 from .checkpoint import load_sam_checkpoint
-from .configs import DEFAULT_MODEL_TYPE, PATCH_SIZE, PROMPT_EMBED_DIM, SAM_IMAGE_SIZE, encoder_config
+from .configs import DEFAULT_MODEL_TYPE, PATCH_SIZE, SAM_IMAGE_SIZE, encoder_config
 
 NUM_MASK_TOKENS = 4  # SAM's single-mask token + 3 multimask tokens
 
@@ -38,7 +38,7 @@ class PromptFreeSegmenter(nn.Module):
     """SAM without prompts: B x 3 x S x S images in [0, 1] -> B x num_classes x S/4 x S/4 logits.
 
     Args:
-        model_type: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" (see ``configs.ENCODER_CONFIGS``).
+        model_type: "vit_b" | "vit_l" | "vit_h" | "vit_tiny" | "vit_nano" (see ``configs.ENCODER_CONFIGS``).
         num_classes: 1 for a binary task (mask token 0); C > 1 adds a 1x1 conv over the 4 mask outputs.
         image_size: input side S, a multiple of 16; the position embedding is interpolated when S != 1024.
         checkpoint: path to an official SAM checkpoint of the same model_type, or None for random init.
@@ -77,7 +77,7 @@ class PromptFreeSegmenter(nn.Module):
             depth=config.depth,
             num_heads=config.num_heads,
             mlp_ratio=4,
-            out_chans=PROMPT_EMBED_DIM,
+            out_chans=config.prompt_embed_dim,
             qkv_bias=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             use_rel_pos=True,
@@ -88,17 +88,18 @@ class PromptFreeSegmenter(nn.Module):
             use_sdpa_attention(self.image_encoder)
         grid = SAM_IMAGE_SIZE // PATCH_SIZE
         self.prompt_encoder = PromptEncoder(
-            embed_dim=PROMPT_EMBED_DIM,
+            embed_dim=config.prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE),
             mask_in_chans=16,
         )
         self.mask_decoder = MaskDecoder(
             num_multimask_outputs=NUM_MASK_TOKENS - 1,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
-            transformer_dim=PROMPT_EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=config.prompt_embed_dim,
+                                          mlp_dim=config.decoder_mlp_dim, num_heads=8),
+            transformer_dim=config.prompt_embed_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_hidden_dim=config.prompt_embed_dim,
         )
         self.class_head: Optional[nn.Conv2d] = (
             nn.Conv2d(NUM_MASK_TOKENS, num_classes, kernel_size=1) if num_classes > 1 else None
@@ -136,8 +137,9 @@ class PromptFreeSegmenter(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S -> B x 256 x S/16 x S/16 image embedding (ImageEncoderViT's forward with the
-        absolute position embedding resized to the patch grid, and optional activation checkpointing)."""
+        """B x 3 x S x S -> B x D x S/16 x S/16 image embedding, D the config's prompt_embed_dim (SAM's 256):
+        ImageEncoderViT's forward with the absolute position embedding resized to the patch grid, and
+        optional activation checkpointing."""
         encoder = self.image_encoder
         x = encoder.patch_embed(images)
         x = x + resize_pos_embed(encoder.pos_embed, tuple(x.shape[1:3]))
@@ -154,7 +156,7 @@ class PromptFreeSegmenter(nn.Module):
             raise ValueError(f"input images must be B x {' x '.join(map(str, expected))}, got {tuple(images.shape)}")
         embeddings = self.encode(images)
         image_pe = self.prompt_encoder.pe_layer(tuple(embeddings.shape[-2:])).unsqueeze(0)
-        no_prompts = embeddings.new_zeros((1, 0, PROMPT_EMBED_DIM))
+        no_prompts = embeddings.new_zeros((1, 0, embeddings.shape[1]))
         no_dense = embeddings.new_zeros(())
         # One empty prompt set shared by the whole batch: SAM's decoder repeats each image once per
         # prompt set (here once), and its attention broadcasts the single token set over the B images.

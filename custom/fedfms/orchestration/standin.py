@@ -2,8 +2,8 @@
 
 FedMSA freezes SAM's encoder and trains adapters and the decoder on top of it, so it needs an encoder
 whose features are worth adapting: the paper's -PT ablation (random weights) shows it fails without
-one. SAM's own weights (SA-1B) exist only for vit_b/l/h, and the demo's CPU model is a 2-block
-``vit_tiny``. :func:`standin_checkpoint` therefore pretrains the whole tiny SAM (encoder + mask decoder,
+one. SAM's own weights (SA-1B) exist only for vit_b/l/h, and the demo's CPU model is ``vit_nano`` (a
+2-block encoder of width 64 under a 128-wide mask decoder). :func:`standin_checkpoint` therefore pretrains the whole tiny SAM (encoder + mask decoder,
 prompt-free, as a :class:`~fedfms.networks.SAMSegmenter`) on :mod:`fedfms.data.shapes`, a generic
 figure-ground task on synthetic shapes and textures that is not the demo's prostate task (see there
 why that is fair), and writes it in the official SAM checkpoint layout, so it loads exactly as
@@ -12,8 +12,8 @@ why that is fair), and writes it in the official SAM checkpoint layout, so it lo
 Training uses MONAI's ``SupervisedTrainer``, one OpenMP thread and seeded generation (samples are drawn
 in one loader worker, seeded by their index), so the file is deterministic for a given recipe and seed
 on a given machine and software stack. It is cached: written atomically once under
-``cache_dir()/standin/`` with the recipe's hash (and :data:`RECIPE_VERSION`) in its name, and reused
-afterwards. The default recipe (128 px, 1000 steps x 8 samples, fused Adam at 3e-4; about 160 s on two
+``cache_dir()/standin/`` with the hash of the recipe, its model_type's architecture and
+:data:`RECIPE_VERSION` in its name, and reused afterwards. The default recipe (128 px, 1000 steps x 8 samples, fused Adam at 3e-4; about 160 s on two
 CPU cores with nothing else running, one training, one drawing samples) is the one the README's demo
 figures were measured with. Shorter pretraining transferred worse (600 steps: FedMSA from it did not beat
 the random encoder; see the README's demo section).
@@ -34,7 +34,7 @@ import torch
 
 from fedfms.core.io import save_torch_atomic
 from fedfms.data.shapes import shapes_sample
-from fedfms.networks import SAMSegmenter
+from fedfms.networks import SAMSegmenter, encoder_config
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class StandInRecipe:
     samples of the shapes task (never repeated), Adam at ``learning_rate``, ``seed`` of the samples and
     the initial weights, ``threads`` OpenMP threads (fixed: results depend on it)."""
 
-    model_type: str = "vit_tiny"
+    model_type: str = "vit_nano"
     image_size: int = 128
     steps: int = 1000
     batch_size: int = 8
@@ -62,8 +62,10 @@ class StandInRecipe:
     threads: int = 1
 
     def key(self) -> str:
-        """Short hash of the recipe, its version and the torch version (the cache file's name)."""
-        text = json.dumps({**asdict(self), "version": RECIPE_VERSION, "torch": torch.__version__}, sort_keys=True)
+        """Short hash of the recipe, its model_type's architecture (``networks.ENCODER_CONFIGS``), the recipe
+        version and the torch version (the cache file's name)."""
+        text = json.dumps({**asdict(self), "architecture": asdict(encoder_config(self.model_type)),
+                           "version": RECIPE_VERSION, "torch": torch.__version__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def file_name(self) -> str:
