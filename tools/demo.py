@@ -5,7 +5,7 @@ pretrained and from random SAM weights (the paper's -PT ablation), side by side.
     python tools/demo.py --out OUT [--sam-checkpoint sam_vit_b_01ec64.pth --model-type vit_b]
 
 1. writes the synthetic six-site prostate data (tools/make_demo_data.py) to OUT/data;
-2. writes the FedMSA prostate job with the demo profile (tiny encoder, 128 px, 4 rounds; five sites
+2. writes the FedMSA prostate job with the demo profile (vit_nano, 128 px, 4 rounds; five sites
    train, the sixth is held out as in leave-one-site-out) to OUT/jobs, from the same generator and
    code as jobs/fedmsa_prostate;
 3. runs it twice in the NVFlare simulator (OUT/pretrained/, OUT/random/: workspace, simulator.log,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (data, job, workspace, summary)")
     parser.add_argument("--sam-checkpoint", type=Path, help="an official SAM checkpoint for the pretrained run (default: the stand-in pretrained on synthetic shapes)")
     parser.add_argument("--model-type", default=profile.model_type,
-                        help="SAM encoder (default: %(default)s); vit_b with sam_vit_b_01ec64.pth")
+                        help="SAM architecture (default: %(default)s); vit_b with sam_vit_b_01ec64.pth")
     parser.add_argument("--image-size", type=int, default=profile.image_size, help="input size, a multiple of 16 (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=profile.rounds, help="federated rounds (default: %(default)s)")
     parser.add_argument("--local-epochs", type=int, default=profile.local_epochs,

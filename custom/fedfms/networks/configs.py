@@ -6,7 +6,7 @@ use (a test pins that the resulting state-dict shapes match theirs). ``vit_tiny`
 ours, with the same code path and no official weights, for tests and CPU demos: ``vit_tiny`` is a
 narrow, shallow encoder under SAM's own mask decoder; ``vit_nano`` is the same encoder under a mask
 decoder half as wide (128) with MLPs of 4x its width (SAM's: 256, 2048), where a prompt-free training
-step on a CPU costs about 40% of vit_tiny's (the decoder's 256-wide layers dominate at this scale).
+step on a CPU costs about half of vit_tiny's (the decoder's 256-wide layers dominate at this scale).
 """
 
 from dataclasses import dataclass

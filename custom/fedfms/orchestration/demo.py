@@ -57,7 +57,7 @@ OVERLAY_ROWS = 4
 
 
 #: The study's CPU profile with vit_nano (vit_tiny's encoder, a decoder half as wide: a training step
-#: costs about 40% of vit_tiny's), at 128 px (an 8 x 8 patch grid; at 64 px the 4 x 4 grid gives the
+#: costs about half of vit_tiny's), at 128 px (an 8 x 8 patch grid; at 64 px the 4 x 4 grid gives the
 #: gland one or two patches, and every run ended with one central blob), 4 rounds x 2 local epochs.
 #: Both runs use it.
 DEMO_PROFILE = get_profile("demo").override(model_type="vit_nano", image_size=128, rounds=4, local_epochs=2)

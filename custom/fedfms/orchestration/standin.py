@@ -3,20 +3,21 @@
 FedMSA freezes SAM's encoder and trains adapters and the decoder on top of it, so it needs an encoder
 whose features are worth adapting: the paper's -PT ablation (random weights) shows it fails without
 one. SAM's own weights (SA-1B) exist only for vit_b/l/h, and the demo's CPU model is ``vit_nano`` (a
-2-block encoder of width 64 under a 128-wide mask decoder). :func:`standin_checkpoint` therefore pretrains the whole tiny SAM (encoder + mask decoder,
-prompt-free, as a :class:`~fedfms.networks.SAMSegmenter`) on :mod:`fedfms.data.shapes`, a generic
-figure-ground task on synthetic shapes and textures that is not the demo's prostate task (see there
-why that is fair), and writes it in the official SAM checkpoint layout, so it loads exactly as
-``sam_vit_b_01ec64.pth`` does.
+2-block encoder of width 64 under a 128-wide mask decoder). :func:`standin_checkpoint` therefore
+pretrains the whole tiny SAM (encoder + mask decoder, prompt-free, as a
+:class:`~fedfms.networks.SAMSegmenter`) on :mod:`fedfms.data.shapes`, a generic figure-ground task on
+synthetic shapes and textures that is not the demo's prostate task (see there why that is fair), and
+writes it in the official SAM checkpoint layout, so it loads exactly as ``sam_vit_b_01ec64.pth`` does.
 
 Training uses MONAI's ``SupervisedTrainer``, one OpenMP thread and seeded generation (samples are drawn
 in one loader worker, seeded by their index), so the file is deterministic for a given recipe and seed
 on a given machine and software stack. It is cached: written atomically once under
 ``cache_dir()/standin/`` with the hash of the recipe, its model_type's architecture and
-:data:`RECIPE_VERSION` in its name, and reused afterwards. The default recipe (128 px, 1000 steps x 8 samples, fused Adam at 3e-4; about 160 s on two
-CPU cores with nothing else running, one training, one drawing samples) is the one the README's demo
-figures were measured with. Shorter pretraining transferred worse (600 steps: FedMSA from it did not beat
-the random encoder; see the README's demo section).
+:data:`RECIPE_VERSION` in its name, and reused afterwards. The default recipe (vit_nano, 128 px, 1000
+steps x 8 samples, fused Adam at 3e-4; about two minutes on two CPU cores beside the demo's random run,
+one process training, one drawing samples) is the one the README's demo figures were measured with.
+Shorter pretraining transferred worse (with vit_tiny, 600 steps: FedMSA from it did not beat the random
+encoder; see the README's demo section).
 """
 
 from __future__ import annotations
