@@ -13,14 +13,18 @@ from dataclasses import dataclass, replace
 from typing import Dict, Optional, Union
 
 from fedfms.bundle.options import BUNDLE_OPTIONS
-from fedfms.bundle.precision import parse_amp, parse_amp_dtype
-from fedfms.core.options import as_bool, as_choice, as_int
+from fedfms.core.options import as_choice, as_int
 from fedfms.networks.configs import DEFAULT_MODEL_TYPE, ENCODER_CONFIGS, SAM_IMAGE_SIZE
 
 from .datasets import Dataset
 from .methods import Method
 
 CHECKPOINTS = ("best", "final")
+
+
+#: Profile fields that are bundle options of the same name (``fedfms.bundle.options.BUNDLE_OPTIONS``).
+BUNDLE_FIELDS = ("image_size", "batch_size", "learning_rate", "num_workers", "cache_rate", "amp", "amp_dtype",
+                 "activation_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -65,18 +69,11 @@ class Profile:
         typed = {"model_type": as_choice("model_type", self.model_type, ENCODER_CONFIGS),
                  "rounds": as_int("rounds", self.rounds, 1), "local_epochs": as_int("local_epochs", self.local_epochs, 1),
                  "checkpoint": as_choice("checkpoint", self.checkpoint, CHECKPOINTS)}
-        for name, minimum in (("image_size", 1), ("batch_size", 1), ("num_workers", 0), ("cpu_threads", 1)):
-            if getattr(self, name) is not None:
-                typed[name] = as_int(name, getattr(self, name), minimum)
-        for name in ("learning_rate", "cache_rate"):  # bundle options: checked as the bundles check them
+        if self.cpu_threads is not None:
+            typed["cpu_threads"] = as_int("cpu_threads", self.cpu_threads, 1)
+        for name in BUNDLE_FIELDS:  # bundle options: checked as the bundles check them
             if getattr(self, name) is not None:
                 typed[name] = BUNDLE_OPTIONS[name](name, getattr(self, name))
-        if self.amp is not None:
-            typed["amp"] = parse_amp("amp", self.amp)
-        if self.amp_dtype is not None:
-            typed["amp_dtype"] = parse_amp_dtype("amp_dtype", self.amp_dtype)
-        if self.activation_checkpointing is not None:
-            typed["activation_checkpointing"] = as_bool("activation_checkpointing", self.activation_checkpointing)
         for name, value in typed.items():
             object.__setattr__(self, name, value)  # frozen dataclass: store the converted value
 
